@@ -28,8 +28,8 @@ type Env struct {
 	C       *bed.Cluster
 	Proxies map[string]*bed.Proxy // by node short name: "node1", "node2"
 
-	mu   sync.Mutex
-	next int
+	mu                                sync.Mutex
+	nextIP, nextIPv6, nextExt, nextNP int
 }
 
 // ProxyArgs are the flags every proxy of the shared cluster runs with.
@@ -108,32 +108,39 @@ func newEnv(t *testing.T, mode string) *Env {
 func (e *Env) ClusterIP() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.next++
-	return fmt.Sprintf("198.51.100.%d", 20+e.next)
+	e.nextIP++
+	if e.nextIP > 230 {
+		panic("datapath: out of IPv4 ClusterIPs")
+	}
+	return fmt.Sprintf("198.51.100.%d", 20+e.nextIP)
 }
 
 // ClusterIPv6 returns a fresh IPv6 ClusterIP.
 func (e *Env) ClusterIPv6() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.next++
-	return fmt.Sprintf("2001:db8:5::%x", 0x20+e.next)
+	e.nextIPv6++
+	return fmt.Sprintf("2001:db8:5::%x", 0x20+e.nextIPv6)
 }
 
 // ExternalIP returns a fresh address in the external/LB range, routed by the clients via node1.
 func (e *Env) ExternalIP() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.next++
-	return fmt.Sprintf("203.0.113.%d", 192+e.next%60)
+	e.nextExt++
+	if e.nextExt > 60 {
+		panic("datapath: out of external IPs")
+	}
+	return fmt.Sprintf("203.0.113.%d", 192+e.nextExt)
 }
 
 // NodePort returns a fresh node port.
 func (e *Env) NodePort() int32 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.next++
-	return int32(30000 + e.next)
+	e.nextNP++
+	// Far from the apiserver's own allocations, which start low in 30000-32767.
+	return int32(32700 - e.nextNP)
 }
 
 // Programmed waits until every proxy finished a sync of every family that ended after
