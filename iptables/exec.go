@@ -159,6 +159,27 @@ func (k *execKernel) ChainExists(table Table, chain string) (bool, error) {
 	return ok, nil
 }
 
+func (k *execKernel) CountRules(table Table, chain string) (int, error) {
+	var rules []string
+	err := k.inNetNS(func() (err error) {
+		rules, err = k.ipt.List(string(table), chain)
+		return err
+	})
+	if err != nil {
+		if isNotExist(err) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("list chain %s/%s: %w", table, chain, err)
+	}
+	n := 0
+	for _, r := range rules {
+		if strings.HasPrefix(r, "-A ") {
+			n++
+		}
+	}
+	return n, nil
+}
+
 func (k *execKernel) FlushChain(table Table, chain string) error {
 	// Not go-iptables' ClearChain, which creates a missing chain; it has no
 	// plain flush, so run the tool directly.

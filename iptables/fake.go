@@ -169,6 +169,20 @@ func (f *Fake) ChainExists(table Table, chain string) (bool, error) {
 	return err == nil, err
 }
 
+// CountRules returns the number of rules in chain; a missing chain has 0.
+func (f *Fake) CountRules(table Table, chain string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.chain(table, chain)
+	if errors.Is(err, dump.ErrNoChain) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return len(c.Rules), nil
+}
+
 // FlushChain empties chain; a missing chain is not an error.
 func (f *Fake) FlushChain(table Table, chain string) error {
 	f.mu.Lock()

@@ -43,6 +43,10 @@ type Kernel interface {
 	DeleteRule(table Table, chain string, args ...string) error
 	// ChainExists reports whether chain exists in table.
 	ChainExists(table Table, chain string) (bool, error)
+	// CountRules returns how many rules chain holds; a missing chain has 0.
+	// It lets the data plane notice that another program changed its rules
+	// without reading back the whole table.
+	CountRules(table Table, chain string) (int, error)
 	// FlushChain and DeleteChain act on one chain; a missing chain is not an error.
 	FlushChain(table Table, chain string) error
 	DeleteChain(table Table, chain string) error

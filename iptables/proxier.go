@@ -99,6 +99,10 @@ type Proxier struct {
 	lastCanaryCheck time.Time
 	lastNode        proxier.Node
 	restoreBuf      []byte
+	// servicesRules is how many rules the last sync wrote to nat
+	// KUBE-SERVICES; a different count in the kernel means another program
+	// changed it.
+	servicesRules int
 }
 
 var _ proxier.DataPlane = (*Proxier)(nil)
@@ -137,6 +141,51 @@ func (p *Proxier) setNeedFull(reason string) {
 	if !p.needFull {
 		p.needFull, p.needFullWhy = true, reason
 	}
+}
+
+// Verify implements proxier.Verifier: it reports whether the kernel lost
+// rules of the last sync (a canary chain gone, or nat KUBE-SERVICES changed
+// by another program, e.g. `iptables -t nat -F KUBE-SERVICES`), and if so
+// makes the next sync full. It costs four iptables calls, no table dump.
+func (p *Proxier) Verify() (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.needFull {
+		return true, nil
+	}
+	missing, _, err := p.checkCanaries()
+	if err != nil {
+		return false, err
+	}
+	if missing {
+		klog.InfoS("Canary chain missing, iptables was flushed; resyncing", "ipFamily", p.family)
+		p.setNeedFull("canary chain missing")
+		return true, nil
+	}
+	n, err := p.kernel.CountRules(TableNAT, chainServices)
+	if err != nil {
+		return false, err
+	}
+	if n != p.servicesRules {
+		klog.InfoS("KUBE-SERVICES was changed by another program; resyncing", "ipFamily", p.family, "rules", n, "want", p.servicesRules)
+		p.setNeedFull("KUBE-SERVICES changed outside svcproxy")
+		return true, nil
+	}
+	return false, nil
+}
+
+// lastBlockCount counts lines starting with prefix in the last block of data
+// that starts with header (every sync rewrites the dispatch chains there).
+func lastBlockCount(data []byte, header, prefix string) int {
+	i := bytes.LastIndex(data, []byte(header))
+	if i < 0 {
+		return 0
+	}
+	block := data[i:]
+	if end := bytes.Index(block, []byte("COMMIT\n")); end >= 0 {
+		block = block[:end]
+	}
+	return bytes.Count(block, []byte("\n"+prefix))
 }
 
 // CanaryMissing reports whether a KUBE-PROXY-CANARY chain (mangle, nat or
@@ -207,6 +256,7 @@ func (p *Proxier) Sync(snap *proxier.Snapshot) (proxier.SyncResult, error) {
 	}
 	p.builder.Commit()
 	p.needFull, p.needFullWhy = false, ""
+	p.servicesRules = lastBlockCount(data, "*nat\n", "-A "+chainServices+" ")
 	if rs.Full {
 		p.lastFull = p.clock.Now()
 	}

@@ -433,3 +433,40 @@ func TestSyncResult(t *testing.T) {
 		t.Errorf("IPv6 data plane accepted an IPv4 snapshot")
 	}
 }
+
+func TestVerifyNoticesLostRules(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(f *Fake) error
+	}{
+		{"KUBE-SERVICES flushed", func(f *Fake) error { return f.FlushChain(TableNAT, chainServices) }},
+		{"rule appended to KUBE-SERVICES", func(f *Fake) error {
+			return f.EnsureRule(Append, TableNAT, chainServices, "-d", "192.0.2.99/32", "-j", "RETURN")
+		}},
+		{"canary deleted", func(f *Fake) error { return f.DeleteChain(TableMangle, ChainCanary) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			snap := scaleSnap(5, 2)
+			f := NewFake(v1.IPv4Protocol)
+			p := NewProxier(f, testOptions())
+			mustSync(t, p, snap)
+			if need, err := p.Verify(); err != nil || need {
+				t.Fatalf("Verify after a clean sync = %v, %v; want false", need, err)
+			}
+			want := string(f.SaveAll())
+			if err := tc.damage(f); err != nil {
+				t.Fatal(err)
+			}
+			if need, err := p.Verify(); err != nil || !need {
+				t.Fatalf("Verify after damage = %v, %v; want true", need, err)
+			}
+			if res := mustSync(t, p, proxiertest.WithChanged(snap)); !res.Full {
+				t.Errorf("sync after damage is not full")
+			}
+			assertSameState(t, string(f.SaveAll()), want)
+			if need, err := p.Verify(); err != nil || need {
+				t.Errorf("Verify after the repair = %v, %v; want false", need, err)
+			}
+		})
+	}
+}

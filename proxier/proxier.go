@@ -40,6 +40,9 @@ type Options struct {
 	MinSyncPeriod time.Duration
 	RetryPeriod   time.Duration
 	MaxSyncPeriod time.Duration
+	// VerifyPeriod is how often data planes that implement Verifier are
+	// asked whether the kernel lost their rules; 0 disables it.
+	VerifyPeriod  time.Duration
 	Health        HealthRecorder
 	ServiceHealth ServiceHealthSyncer
 	Recorder      record.EventRecorder
@@ -120,8 +123,40 @@ func (p *Proxier) Run(ctx context.Context) error {
 		}
 	}
 	p.runner.Run()
+	if p.opts.VerifyPeriod > 0 {
+		go p.verifyLoop(ctx)
+	}
 	p.runner.Loop(ctx)
 	return ctx.Err()
+}
+
+// verifyLoop asks each data plane that can tell whether the kernel still
+// holds its rules, and queues a sync of the families that lost them (kube-proxy
+// does this for its canary chains; we also notice a flushed dispatch chain).
+func (p *Proxier) verifyLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.clock.After(p.opts.VerifyPeriod):
+		}
+		var lost []v1.IPFamily
+		for _, f := range p.opts.Families {
+			v, ok := p.opts.DataPlanes[f].(Verifier)
+			if !ok {
+				continue
+			}
+			need, err := v.Verify()
+			if err != nil {
+				klog.ErrorS(err, "Failed to verify kernel state", "ipFamily", f)
+				continue
+			}
+			if need {
+				lost = append(lost, f)
+			}
+		}
+		p.queue(lost)
+	}
 }
 
 func (p *Proxier) waitForInitialState(ctx context.Context) error {

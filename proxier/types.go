@@ -154,3 +154,11 @@ type DataPlane interface {
 	// fully resync; the previous kernel state must still be in place.
 	Sync(snap *Snapshot) (SyncResult, error)
 }
+
+// Verifier is implemented by data planes that can cheaply tell whether the
+// kernel still holds what they last programmed. Another program may flush
+// our rules; the core polls Verify every sync period and syncs when it
+// returns true (the data plane then does a full sync).
+type Verifier interface {
+	Verify() (needSync bool, err error)
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/config"
 	"github.com/svcproxy/svcproxy/healthz"
+	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/metrics"
 	"github.com/svcproxy/svcproxy/proxier"
 )
@@ -74,7 +75,8 @@ func runProxy(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, opts *c
 		BindAddress:   bind,
 		MinSyncPeriod: minSync,
 		RetryPeriod:   syncPeriod,
-		MaxSyncPeriod: syncPeriod,
+		MaxSyncPeriod: maxSyncPeriod(cfg),
+		VerifyPeriod:  syncPeriod,
 		Health:        health,
 		ServiceHealth: serviceHealth,
 		Recorder:      recorder,
@@ -119,6 +121,16 @@ func syncPeriods(cfg *v1alpha1.KubeProxyConfiguration) (period, min time.Duratio
 		return cfg.IPVS.SyncPeriod.Duration, cfg.IPVS.MinSyncPeriod.Duration
 	}
 	return cfg.IPTables.SyncPeriod.Duration, cfg.IPTables.MinSyncPeriod.Duration
+}
+
+// maxSyncPeriod bounds the time between syncs. iptables mode, like
+// kube-proxy's, relies on change tracking plus a verification every sync
+// period, and forces a sync hourly; IPVS mode reconciles every sync period.
+func maxSyncPeriod(cfg *v1alpha1.KubeProxyConfiguration) time.Duration {
+	if cfg.Mode == config.ModeIPVS {
+		return cfg.IPVS.SyncPeriod.Duration
+	}
+	return iptables.DefaultFullSyncPeriod
 }
 
 // ipFamilies is kube-proxy's rule: IPv4 always, IPv6 too when the kernel has it.

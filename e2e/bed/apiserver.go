@@ -65,7 +65,7 @@ func API(t testing.TB) *APIServer {
 	shared.Lock()
 	defer shared.Unlock()
 	if shared.api == nil && shared.err == nil {
-		shared.api, shared.err = StartAPIServer(apiOptions)
+		shared.api, shared.err = startAPIServer(apiOptions)
 	}
 	if shared.err != nil {
 		t.Fatalf("bed: start apiserver: %v", shared.err)
@@ -95,8 +95,16 @@ func BinDir() (string, error) {
 }
 
 // StartAPIServer starts etcd and kube-apiserver on free loopback ports and waits until the
-// apiserver is ready. Callers own the result and must Stop it.
-func StartAPIServer(cfg apiConfig) (_ *APIServer, err error) {
+// apiserver is ready. Callers own the result and must Stop it; tests normally use API(t).
+func StartAPIServer(opts ...APIOption) (*APIServer, error) {
+	cfg := apiConfig{serviceCIDRs: "198.51.100.0/24"}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return startAPIServer(cfg)
+}
+
+func startAPIServer(cfg apiConfig) (_ *APIServer, err error) {
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err

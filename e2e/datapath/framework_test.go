@@ -71,9 +71,6 @@ func modes() []string {
 	return []string{"iptables"}
 }
 
-// inVM reports whether this test binary runs inside the e2e/vm kernel.
-func inVM() bool { return os.Getenv("SVCPROXY_IN_VM") == "1" }
-
 func TestDatapath(t *testing.T) {
 	bed.RequireRoot(t)
 	for _, mode := range modes() {
