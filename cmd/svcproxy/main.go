@@ -38,7 +38,7 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, run r
 	cmd.SetErr(stderr)
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(stderr, err)
-		return 1
+		return exitCode(err)
 	}
 	return 0
 }

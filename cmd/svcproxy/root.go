@@ -49,6 +49,8 @@ accepts kube-proxy's flags and its KubeProxyConfiguration file (--config).`,
 	config.AddFlags(cmd.Flags(), flagCfg, opts)
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err })
 	cmd.SetVersionTemplate("svcproxy {{.Version}}\n")
+	cmd.AddCommand(newTraceCommand())
+	cmd.AddCommand(newRenderCommand())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the svcproxy version",
