@@ -32,6 +32,11 @@ func runProxy(ctx context.Context, cfg *v1alpha1.KubeProxyConfiguration, opts *c
 	if opts.Cleanup {
 		return cleanupAll(families, cfg)
 	}
+	if cfg.Mode == config.ModeIPVS {
+		if err := checkIPVS(cfg); err != nil {
+			return err
+		}
+	}
 	if err := platformSetup(cfg, families); err != nil {
 		return err
 	}

@@ -14,6 +14,9 @@ func TestVM(t *testing.T) {
 	if vm.InGuest() {
 		t.Skip("already in the VM")
 	}
+	if testing.Short() {
+		t.Skip("boots a VM (2-5 minutes); not in -short")
+	}
 	if os.Getuid() != 0 {
 		t.Skip("needs root (the VM harness builds an initramfs from host tools)")
 	}
