@@ -87,7 +87,20 @@ func (l *netlinkLinks) ListAddresses(name string, family v1.IPFamily) ([]netip.A
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", name, err)
 	}
-	return toAddrs(addrs), nil
+	return boundAddrs(toAddrs(addrs)), nil
+}
+
+// boundAddrs drops the fe80:: address the kernel gives an IPv6-enabled link
+// that is up: we never bind it, and deleting it as a /128 fails, which made
+// every IPv6 sync fail.
+func boundAddrs(addrs []netip.Addr) []netip.Addr {
+	out := addrs[:0]
+	for _, a := range addrs {
+		if !a.IsLinkLocalUnicast() {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func toAddrs(addrs []netlink.Addr) []netip.Addr {

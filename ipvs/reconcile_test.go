@@ -237,3 +237,16 @@ func TestReconcileStaleVirtualServers(t *testing.T) {
 		t.Errorf("state %v", f.ipvs.State())
 	}
 }
+
+func TestBoundAddrsSkipsKernelLinkLocal(t *testing.T) {
+	in := []netip.Addr{
+		netip.MustParseAddr("fe80::a418:34ff:fe31:6741"),
+		netip.MustParseAddr("2001:db8:5::10"),
+		netip.MustParseAddr("198.51.100.10"),
+	}
+	got := boundAddrs(in)
+	want := []netip.Addr{netip.MustParseAddr("2001:db8:5::10"), netip.MustParseAddr("198.51.100.10")}
+	if !slices.Equal(got, want) {
+		t.Errorf("boundAddrs = %v, want %v", got, want)
+	}
+}
