@@ -17,7 +17,7 @@ import (
 	"github.com/svcproxy/svcproxy/e2e/bed"
 )
 
-func TestMain(m *testing.M) { os.Exit(bed.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(bed.Main(m, bed.DualStack())) }
 
 // Env is one mode's shared cluster: two nodes (zones a and b), IPv6 enabled, two
 // clients, and svcproxy running on both nodes. Scenarios add their own pods and
@@ -98,6 +98,9 @@ func newEnv(t *testing.T, mode string) *Env {
 	for _, p := range e.Proxies {
 		p.WaitHealthy(t)
 	}
+	// healthz answers 200 before the first sync; scenarios start after it,
+	// so their changes are partial syncs like in a running cluster.
+	e.Programmed(t, time.Unix(1, 0))
 	return e
 }
 
