@@ -6,7 +6,7 @@ TOOLS_BIN := $(CURDIR)/bin/tools
 STATICCHECK := $(TOOLS_BIN)/staticcheck
 GO_TEST_FLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build test test-host test-vm deps apiserver lint staticcheck clean
+.PHONY: all build test test-host test-vm deps apiserver lint staticcheck clean demo
 
 all: build
 
@@ -22,6 +22,11 @@ deps:
 apiserver:
 	e2e/apiserver/build.sh
 
+## demo: the example Services through svcproxy in network namespaces (MODE=ipvs: in the VM)
+demo: deps apiserver build
+	@echo "demo: compiling ./e2e/demo (first time: a minute or two)"
+	$(GO) run ./e2e/demo -mode=$(or $(MODE),iptables) -svcproxy=bin/svcproxy
+
 ## test: every test on the host, then the IPVS suite in the VM
 test: test-host test-vm
 
@@ -29,9 +34,11 @@ test: test-host test-vm
 test-host: deps apiserver
 	$(GO) test $(GO_TEST_FLAGS) ./...
 
-## test-vm: the e2e suite inside the qemu VM (IPVS); filled in by e2e/vm
-test-vm:
-	@echo "test-vm: no VM suite yet (e2e/vm)"
+## test-vm: the data-plane scenarios (TestDatapath/ipvs/*) inside the qemu VM, against the
+## host's apiserver (e2e/vmdatapath). Only this target boots it: the package skips unless
+## SVCPROXY_VM_TESTS=1, so test-host's `go test ./...` does not run it a second time.
+test-vm: deps apiserver
+	SVCPROXY_VM_TESTS=1 $(GO) test -count=1 -timeout 40m -v -run TestDatapathInVM ./e2e/vmdatapath/
 
 ## lint: gofmt, go vet, staticcheck
 lint: staticcheck

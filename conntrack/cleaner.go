@@ -122,3 +122,12 @@ func (d *cleaningDataPlane) Sync(snap *proxier.Snapshot) (proxier.SyncResult, er
 	}
 	return res, nil
 }
+
+// Verify passes the wrapped data plane's proxier.Verifier through, so
+// wrapping does not hide it from the core's verification loop.
+func (d *cleaningDataPlane) Verify() (bool, error) {
+	if v, ok := d.dp.(proxier.Verifier); ok {
+		return v.Verify()
+	}
+	return false, nil
+}

@@ -293,3 +293,22 @@ func TestWrap(t *testing.T) {
 		})
 	}
 }
+
+type verifyingPlane struct{ need bool }
+
+func (v *verifyingPlane) Sync(*proxier.Snapshot) (proxier.SyncResult, error) {
+	return proxier.SyncResult{}, nil
+}
+func (v *verifyingPlane) Verify() (bool, error) { return v.need, nil }
+
+func TestWrapKeepsVerifier(t *testing.T) {
+	inner := &verifyingPlane{need: true}
+	wrapped := NewCleaner(v1.IPv4Protocol, NewFake()).Wrap(inner)
+	v, ok := wrapped.(proxier.Verifier)
+	if !ok {
+		t.Fatal("wrapped data plane does not implement proxier.Verifier")
+	}
+	if need, err := v.Verify(); err != nil || !need {
+		t.Errorf("Verify() = %v, %v; want the inner plane's true", need, err)
+	}
+}

@@ -127,10 +127,10 @@ func tupleAttr(typ int, proto uint8, src, dst netip.AddrPort) *nl.RtAttr {
 		srcType, dstType = ctaIPv6Src, ctaIPv6Dst
 	}
 	t := nl.NewRtAttr(unix.NLA_F_NESTED|typ, nil)
-	ip := nl.NewRtAttrChild(t, unix.NLA_F_NESTED|ctaTupleIP, nil)
+	ip := t.AddRtAttr(unix.NLA_F_NESTED|ctaTupleIP, nil)
 	ip.AddChild(nl.NewRtAttr(srcType, src.Addr().AsSlice()))
 	ip.AddChild(nl.NewRtAttr(dstType, dst.Addr().AsSlice()))
-	p := nl.NewRtAttrChild(t, unix.NLA_F_NESTED|ctaTupleProto, nil)
+	p := t.AddRtAttr(unix.NLA_F_NESTED|ctaTupleProto, nil)
 	p.AddChild(nl.NewRtAttr(ctaProtoNum, []byte{proto}))
 	p.AddChild(nl.NewRtAttr(ctaProtoSrcPort, nl.BEUint16Attr(src.Port())))
 	p.AddChild(nl.NewRtAttr(ctaProtoDstPort, nl.BEUint16Attr(dst.Port())))

@@ -114,16 +114,28 @@ func endpointIP(s string, family v1.IPFamily) (netip.Addr, string) {
 		return ip, "not an IP address"
 	case addrFamily(ip) != family:
 		return ip, fmt.Sprintf("not an %s address", family)
-	case ip.IsUnspecified():
-		return ip, "unspecified address"
-	case ip.IsLoopback():
-		return ip, "loopback address"
-	case ip.IsLinkLocalUnicast(), ip.IsLinkLocalMulticast():
-		return ip, "link-local address"
-	case ip.IsMulticast():
-		return ip, "multicast address"
 	}
-	return ip, ""
+	return ip, specialAddr(ip)
+}
+
+var broadcast4 = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+// specialAddr names why ip can be neither a backend nor a service VIP, or
+// returns "" when it can be either.
+func specialAddr(ip netip.Addr) string {
+	switch {
+	case ip.IsUnspecified():
+		return "unspecified address"
+	case ip.IsLoopback():
+		return "loopback address"
+	case ip.IsLinkLocalUnicast(), ip.IsLinkLocalMulticast():
+		return "link-local address"
+	case ip.IsMulticast():
+		return "multicast address"
+	case ip == broadcast4:
+		return "broadcast address"
+	}
+	return ""
 }
 
 func endpointFromSlice(e *discovery.Endpoint, ip netip.Addr, nodeName string) Endpoint {

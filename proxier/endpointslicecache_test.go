@@ -55,7 +55,7 @@ func TestParseEndpointSlice(t *testing.T) {
 		slice: makeSlice("ns/web-1", "web", discovery.AddressTypeIPv4, slicePort("http", tcp, 8080), slicePort("bad", tcp, 70000),
 			sliceEndpoint("203.0.113.5"), sliceEndpoint("nonsense"), sliceEndpoint("2001:db8:1::5"),
 			sliceEndpoint("127.0.0.1"), sliceEndpoint("169.254.169.254"), sliceEndpoint("224.0.0.5"),
-			sliceEndpoint("0.0.0.0"), func(s *discovery.EndpointSlice) {
+			sliceEndpoint("0.0.0.0"), sliceEndpoint("255.255.255.255"), func(s *discovery.EndpointSlice) {
 				s.Endpoints = append(s.Endpoints, discovery.Endpoint{})
 			}),
 		family: v1.IPv4Protocol,
@@ -63,7 +63,7 @@ func TestParseEndpointSlice(t *testing.T) {
 			{IP: addrs("203.0.113.5")[0], Port: 8080, Ready: true, Serving: true},
 		}},
 		problems: []string{"ports[1].port", "endpoints[1].addresses[0]", "endpoints[2].addresses[0]", "endpoints[3].addresses[0]",
-			"endpoints[4].addresses[0]", "endpoints[5].addresses[0]", "endpoints[6].addresses[0]", "endpoints[7].addresses"},
+			"endpoints[4].addresses[0]", "endpoints[5].addresses[0]", "endpoints[6].addresses[0]", "endpoints[7].addresses[0]", "endpoints[8].addresses"},
 	}, {
 		name: "IPv6 link-local and loopback dropped",
 		slice: makeSlice("ns/web-1", "web", discovery.AddressTypeIPv6, slicePort("http", tcp, 8080),

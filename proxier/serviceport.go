@@ -28,7 +28,6 @@ func parseService(svc *v1.Service, families []v1.IPFamily) (map[v1.IPFamily]serv
 	bad := func(field, value, reason string) {
 		problems = append(problems, fieldProblem{Field: field, Value: value, Reason: reason})
 	}
-	serves := func(ip netip.Addr) bool { return slices.Contains(families, addrFamily(ip)) }
 
 	clusterIPs, clusterField := svc.Spec.ClusterIPs, "spec.clusterIPs"
 	if len(clusterIPs) == 0 && svc.Spec.ClusterIP != "" {
@@ -46,6 +45,12 @@ func parseService(svc *v1.Service, families []v1.IPFamily) (map[v1.IPFamily]serv
 		}
 	}
 
+	// An address of a family the Service has no ClusterIP of would be
+	// served by no family's proxier: say so rather than drop it silently.
+	serves := func(ip netip.Addr) bool {
+		_, has := byFamily[addrFamily(ip)]
+		return has && slices.Contains(families, addrFamily(ip))
+	}
 	externalIPs := parseAddrList(svc.Spec.ExternalIPs, "spec.externalIPs", serves, bad)
 	var ingressIPs []netip.Addr
 	for i, ing := range svc.Status.LoadBalancer.Ingress {
@@ -168,7 +173,11 @@ func parseAddrList(values []string, field string, serves func(netip.Addr) bool, 
 		case !ok:
 			bad(f, s, "not an IP address")
 		case !serves(ip):
-			bad(f, s, "IP family not served by this proxy")
+			bad(f, s, "IP family not served by this proxy or this Service")
+		case specialAddr(ip) != "":
+			// Such a VIP would capture the node's own traffic to that
+			// address and port (metadata services, loopback, multicast).
+			bad(f, s, specialAddr(ip))
 		default:
 			out = append(out, ip)
 		}

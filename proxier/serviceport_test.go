@@ -45,6 +45,17 @@ func TestParseService(t *testing.T) {
 			{Name: web, ClusterIP: netip.MustParseAddr("198.51.100.10"), Port: 80, Protocol: tcp},
 		}},
 	}, {
+		name: "special and other-family VIPs are reported and left out",
+		svc: makeService("ns/web", svcType(v1.ServiceTypeLoadBalancer), clusterIPs("198.51.100.10"), svcPort("http", tcp, 80, 0),
+			externalIPs("2001:db8:6::5", "203.0.113.200"),
+			lbIngress("169.254.169.254", nil), lbIngress("127.0.0.1", nil), lbIngress("224.0.0.5", nil), lbIngress("203.0.113.201", nil)),
+		families: dual,
+		want: map[v1.IPFamily][]ServicePort{v1.IPv4Protocol: {
+			{Name: web, ClusterIP: netip.MustParseAddr("198.51.100.10"), Port: 80, Protocol: tcp,
+				ExternalIPs: addrs("203.0.113.200"), LoadBalancerVIPs: addrs("203.0.113.201")},
+		}},
+		problems: []string{"spec.externalIPs[0]", "status.loadBalancer.ingress[0].ip", "status.loadBalancer.ingress[1].ip", "status.loadBalancer.ingress[2].ip"},
+	}, {
 		name:     "headless service is skipped",
 		svc:      makeService("ns/web", clusterIPs("None"), svcPort("http", tcp, 80, 0)),
 		families: v4,

@@ -148,6 +148,12 @@ func (t *Tracker) setSlice(slice, cur *discovery.EndpointSlice) []v1.IPFamily {
 	var problems []fieldProblem
 	if cur != nil {
 		parsed, problems = parseEndpointSlice(cur, family, t.nodeName)
+		if v, ok := cur.Annotations[v1.EndpointsLastChangeTriggerTime]; ok {
+			if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
+				field := "metadata.annotations[" + v1.EndpointsLastChangeTriggerTime + "]"
+				problems = append(problems, fieldProblem{Field: field, Value: v, Reason: "not an RFC 3339 time"})
+			}
+		}
 	}
 
 	t.mu.Lock()

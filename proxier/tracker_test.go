@@ -291,6 +291,14 @@ func TestTrackerInvalidDataEvents(t *testing.T) {
 	if sp := tr.Snapshot(ipv4).Services[spn("ns/other", "http", tcp)]; sp == nil || len(sp.ExternalIPs) != 0 {
 		t.Errorf("service with a bad external IP: %+v, want it without external IPs", sp)
 	}
+
+	garbage := makeSlice("ns/web-2", "web", discovery.AddressTypeIPv4, slicePort("http", tcp, 80),
+		sliceEndpoint("203.0.113.6"), triggerAnnotation("garbage"))
+	tr.UpdateEndpointSlice(nil, garbage)
+	expectEvents(t, rec, "Warning "+ReasonInvalidValue+` svcproxy is ignoring metadata.annotations[endpoints.kubernetes.io/last-change-trigger-time] "garbage": not an RFC 3339 time`)
+	if got := epStrings(tr.Snapshot(ipv4).Endpoints[webHTTP]); !slices.Equal(got, []string{"203.0.113.5:80", "203.0.113.6:80"}) {
+		t.Errorf("endpoints %v: a bad annotation must not drop the slice's endpoints", got)
+	}
 }
 
 func expectEvents(t *testing.T, rec *record.FakeRecorder, want ...string) {

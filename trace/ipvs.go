@@ -77,7 +77,6 @@ type IPVS struct {
 	state *IPVSState
 	ipt   *tracer.Tracer
 	vs    map[string]*IPVSVirtualServer
-	mark  string
 }
 
 var _ Tracer = (*IPVS)(nil)

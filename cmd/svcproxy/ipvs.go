@@ -91,6 +91,21 @@ func cleanupIPVS(families []v1.IPFamily, cfg *v1alpha1.KubeProxyConfiguration) e
 	}
 	var errs []error
 	for _, family := range families {
+		// iptables rules first: an ipset cannot be destroyed while a rule
+		// still matches on it.
+		for _, backend := range []iptables.Backend{iptables.Legacy, iptables.NFT} {
+			if !backendPresent(family, backend) {
+				continue
+			}
+			ipt, err := iptables.NewKernel(family, backend)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if err := ipvs.Cleanup(ipvs.Kernel{Family: family, IPTables: ipt}, opts); err != nil {
+				errs = append(errs, fmt.Errorf("clean up IPVS iptables rules %s %s: %w", backend, family, err))
+			}
+		}
 		k := ipvs.Kernel{Family: family}
 		if h, err := ipvs.NewIPVSKernel(""); err == nil {
 			k.IPVS = h
@@ -105,19 +120,6 @@ func cleanupIPVS(families []v1.IPFamily, cfg *v1alpha1.KubeProxyConfiguration) e
 		}
 		if err := ipvs.Cleanup(k, opts); err != nil {
 			errs = append(errs, fmt.Errorf("clean up IPVS %s: %w", family, err))
-		}
-		for _, backend := range []iptables.Backend{iptables.Legacy, iptables.NFT} {
-			if !backendPresent(family, backend) {
-				continue
-			}
-			ipt, err := iptables.NewKernel(family, backend)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := ipvs.Cleanup(ipvs.Kernel{Family: family, IPTables: ipt}, opts); err != nil {
-				errs = append(errs, fmt.Errorf("clean up IPVS iptables rules %s %s: %w", backend, family, err))
-			}
 		}
 	}
 	return errors.Join(errs...)

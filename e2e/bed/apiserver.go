@@ -35,6 +35,7 @@ type APIServer struct {
 	Dir        string       // temporary directory with certs, tokens and logs
 
 	etcd, apiserver *process
+	upstream        string // host:port of an external apiserver (external.go); empty for our own
 }
 
 // APIOption changes how the shared apiserver is started; pass them to Main.
@@ -65,7 +66,7 @@ func API(t testing.TB) *APIServer {
 	shared.Lock()
 	defer shared.Unlock()
 	if shared.api == nil && shared.err == nil {
-		shared.api, shared.err = startAPIServer(apiOptions)
+		shared.api, shared.err = startSharedAPI(apiOptions)
 	}
 	if shared.err != nil {
 		t.Fatalf("bed: start apiserver: %v", shared.err)

@@ -237,7 +237,7 @@ func (c *Cluster) addNode(i int) (*Node, error) {
 	}
 	if c.API != nil {
 		port := c.API.Port
-		f, err := startForwarder(n.NS, port)
+		f, err := startForwarder(n.NS, port, c.API.forwardTarget())
 		if err != nil {
 			return nil, err
 		}

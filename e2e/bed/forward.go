@@ -9,8 +9,9 @@ import (
 )
 
 // forwarder listens on 127.0.0.1:port inside a node namespace and relays each connection
-// to 127.0.0.1:port of the root namespace, so a kubeconfig for the root's apiserver works
-// unchanged (URL and certificate) for a proxy running in the node namespace.
+// to target from the root namespace (127.0.0.1:port there, or an external apiserver's
+// address), so a kubeconfig for the root's apiserver works unchanged (URL and
+// certificate) for a proxy running in the node namespace.
 type forwarder struct {
 	l     net.Listener
 	wg    sync.WaitGroup
@@ -18,7 +19,7 @@ type forwarder struct {
 	conns map[net.Conn]bool
 }
 
-func startForwarder(ns *Namespace, port int) (*forwarder, error) {
+func startForwarder(ns *Namespace, port int, target string) (*forwarder, error) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	l, err := ns.Listen("tcp", addr)
 	if err != nil {
@@ -34,15 +35,15 @@ func startForwarder(ns *Namespace, port int) (*forwarder, error) {
 				return
 			}
 			f.wg.Add(1)
-			go func() { defer f.wg.Done(); f.relay(in, addr) }()
+			go func() { defer f.wg.Done(); f.relay(in, target) }()
 		}
 	}()
 	return f, nil
 }
 
 // relay dials from an ordinary goroutine, which runs in the root namespace.
-func (f *forwarder) relay(in net.Conn, addr string) {
-	out, err := net.DialTimeout("tcp", addr, 10*time.Second)
+func (f *forwarder) relay(in net.Conn, target string) {
+	out, err := net.DialTimeout("tcp", target, 10*time.Second)
 	if err != nil {
 		in.Close()
 		return

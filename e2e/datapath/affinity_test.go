@@ -16,7 +16,12 @@ import (
 
 func init() {
 	register("SessionAffinity", testSessionAffinity)
-	register("SessionAffinityTimeout", testSessionAffinityTimeout)
+	// iptables only: IPVS keeps a client's persistence template alive while
+	// any of its connections is tracked, and closed TCP connections stay in
+	// IPVS's table for TIME_WAIT (120 s, not configurable), so a 5 s timeout
+	// lasts minutes there. Upstream has the same limitation
+	// (kubernetes/kubernetes#89358) and skips this test for IPVS.
+	register("SessionAffinityTimeout", testSessionAffinityTimeout, "iptables")
 }
 
 const (
@@ -51,6 +56,7 @@ func testSessionAffinity(t *testing.T, e *Env) {
 	if c.Failures != 0 || c.ByPod[first.Pod] != n {
 		t.Errorf("with ClientIP affinity: %v, want all %d answered by %s (the first choice)", c, n, first.Pod)
 	}
+	e.assertTraceAffinity(t, e.assertTrace(t, client.Node, podPacket(client, target), c, 8080, a, b), true)
 
 	svcUpdate(t, e, affinityService(e, "affinity", ip, 0, a, b)[0])
 	// The update may be programmed by a sync that started before it arrived: poll
@@ -61,6 +67,7 @@ func testSessionAffinity(t *testing.T, e *Env) {
 	})
 	c = client.NS.CountAnswers(target, svcRequests)
 	svcAssertSpread(t, c, svcRequests, a, b)
+	e.assertTraceAffinity(t, e.assertTrace(t, client.Node, podPacket(client, target), c, 8080, a, b), false)
 }
 
 func testSessionAffinityTimeout(t *testing.T, e *Env) {
@@ -107,6 +114,10 @@ func testSessionAffinityTimeout(t *testing.T, e *Env) {
 	if !changed {
 		t.Errorf("no client reached another pod after %v idle (affinity timeout 5 s) in up to %d bursts each",
 			affinityIdle, affinityMaxBursts)
+	}
+	for _, cl := range clients {
+		burst := cl.NS.CountAnswers(target, affinityBurst)
+		e.assertTraceAffinity(t, e.assertTrace(t, cl.Node, podPacket(cl, target), burst, 8080, a, b), true)
 	}
 }
 

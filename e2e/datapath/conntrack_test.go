@@ -181,6 +181,9 @@ func testUDPEndpointSwap(t *testing.T, e *Env) {
 	if n := ctSummary(s.after(programmed))[old.Name]; n > 0 {
 		t.Logf("%d replies from %s after Programmed (the sync Programmed saw may predate the swap)", n, old.Name)
 	}
+	// The trace is of a new flow: new sockets must match it.
+	fresh := client.NS.CountUDPAnswers(target, 10)
+	e.assertTrace(t, client.Node, podPacket(client, target).udp(), fresh, 8080, old, repl)
 }
 
 func testUDPEndpointSwapWithoutCleanup(t *testing.T, e *Env) {
@@ -211,6 +214,9 @@ func testUDPEndpointSwapWithoutCleanup(t *testing.T, e *Env) {
 		t.Errorf("without conntrack cleanup the stream got no stale answers from %s (%v): the flow was not kept\n%s",
 			old.Name, sum, ctFlows(client.Node, target))
 	}
+	// The stale flow disagrees with the rules by design; a new flow must not.
+	fresh := client.NS.CountUDPAnswers(target, 10)
+	e.assertTrace(t, client.Node, podPacket(client, target).udp(), fresh, 8080, old, repl)
 }
 
 // ctFlows lists node's UDP conntrack flows to target's address, for failure messages.

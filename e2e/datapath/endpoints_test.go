@@ -210,14 +210,18 @@ func testTerminatingFallback(t *testing.T, e *Env) {
 	epApply(t, e, epService(e, "termfb", "TCP", ip, nil,
 		epEndpoint(t1, bed.Terminating()), epEndpoint(t2, bed.Terminating()))...)
 	epWaitFirst(t, "first answer via "+target, epFirstAnswerTimeout, epHTTP(client.NS, target), t1, t2)
-	epAssertOnly(t, "terminating only", client.NS.CountAnswers(target, epRequests), epRequests, t1, t2)
+	counts := client.NS.CountAnswers(target, epRequests)
+	epAssertOnly(t, "terminating only", counts, epRequests, t1, t2)
+	e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, t1, t2, ready)
 
 	// A ready endpoint appears: the terminating ones are no longer used.
 	epUpdate(t, e, epSlice(e, "termfb", "TCP",
 		epEndpoint(t1, bed.Terminating()), epEndpoint(t2, bed.Terminating()), epEndpoint(ready)))
 	took := epWaitExact(t, client.NS, target, epChangeBound(e), ready)
 	t.Logf("only the ready endpoint answered %v after Programmed", took)
-	epAssertOnly(t, "with a ready endpoint", client.NS.CountAnswers(target, epRequests), epRequests, ready)
+	counts = client.NS.CountAnswers(target, epRequests)
+	epAssertOnly(t, "with a ready endpoint", counts, epRequests, ready)
+	e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, t1, t2, ready)
 }
 
 func testHairpin(t *testing.T, e *Env) {
@@ -236,6 +240,7 @@ func testHairpin(t *testing.T, e *Env) {
 		t.Errorf("hairpin traffic reached the pod from its own address %s (sources %v), want it masqueraded",
 			self.IP, counts.Sources)
 	}
+	e.assertTrace(t, self.Node, podPacket(self, target), counts, 8080, self)
 }
 
 func testChurn(t *testing.T, e *Env) {
@@ -259,7 +264,9 @@ func testChurn(t *testing.T, e *Env) {
 	epApply(t, e, epService(e, "churn", "TCP", ip, nil, eps(p[0], p[1])...)...)
 	epWaitFirst(t, "first answer via "+target, epFirstAnswerTimeout, epHTTP(client.NS, target), p[0], p[1])
 	epWaitExact(t, client.NS, target, epFirstAnswerTimeout, p[0], p[1])
-	epAssertOnly(t, "2 endpoints", client.NS.CountAnswers(target, 2*epRequests), 2*epRequests, p[0], p[1])
+	counts := client.NS.CountAnswers(target, 2*epRequests)
+	epAssertOnly(t, "2 endpoints", counts, 2*epRequests, p[0], p[1])
+	e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, p...)
 
 	bound := epChangeBound(e)
 	for _, step := range []struct {
@@ -269,7 +276,9 @@ func testChurn(t *testing.T, e *Env) {
 		epUpdate(t, e, epSlice(e, "churn", "TCP", eps(step.set...)...))
 		took := epWaitExact(t, client.NS, target, bound, step.set...)
 		t.Logf("%s: exactly %v answered %v after Programmed (bound %v)", step.name, epNames(step.set), took, bound)
-		epAssertOnly(t, step.name, client.NS.CountAnswers(target, 2*epRequests), 2*epRequests, step.set...)
+		counts := client.NS.CountAnswers(target, 2*epRequests)
+		epAssertOnly(t, step.name, counts, 2*epRequests, step.set...)
+		e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, p...)
 	}
 }
 
@@ -283,7 +292,9 @@ func testServiceDeleted(t *testing.T, e *Env) {
 	objs := epService(e, "svcdel", "TCP", ip, nil, epEndpoint(a), epEndpoint(b))
 	epApply(t, e, objs...)
 	epWaitFirst(t, "first answer via "+target, epFirstAnswerTimeout, epHTTP(client.NS, target), a, b)
-	epAssertOnly(t, "before delete", client.NS.CountAnswers(target, epRequests), epRequests, a, b)
+	counts := client.NS.CountAnswers(target, epRequests)
+	epAssertOnly(t, "before delete", counts, epRequests, a, b)
+	e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, a, b)
 
 	since := time.Now()
 	e.API.Delete(t, objs[1], objs[0])
@@ -305,6 +316,8 @@ func testServiceDeleted(t *testing.T, e *Env) {
 			t.Errorf("connect %d to deleted service %s: connected, want refused or unanswered", i+1, target)
 		}
 	}
+	// Nothing handles the ClusterIP any more: the packet goes on unchanged.
+	e.assertTraceNoAnswer(t, client.Node, podPacket(client, target), "ACCEPT")
 }
 
 // epKernelMentions returns the node's data-plane state that still mentions ip (iptables

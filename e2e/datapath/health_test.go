@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -286,8 +287,10 @@ func healthCheckMetrics(t *testing.T, e *Env, p *bed.Proxy, before, after map[st
 	for _, fam := range []string{"IPv4", "IPv6"} {
 		f := "ip_family=" + fam
 		grew("sync_proxy_rules_duration_seconds", f)
-		histogramSane("sync_proxy_rules_duration_seconds", 10, f)
-		histogramSane("sync_full_proxy_rules_duration_seconds", 10, f)
+		// Durations are only checked for being recorded: how long a sync takes
+		// is a benchmark figure (BENCHMARKS.md), not something a test asserts.
+		histogramSane("sync_proxy_rules_duration_seconds", math.Inf(1), f)
+		histogramSane("sync_full_proxy_rules_duration_seconds", math.Inf(1), f)
 		inRange("sync_proxy_rules_last_timestamp_seconds", sec(since), sec(now), f)
 		inRange("sync_proxy_rules_no_local_endpoints_total", 0, 1e6, f, "traffic_policy=external")
 		if e.Mode == "iptables" {
@@ -302,7 +305,7 @@ func healthCheckMetrics(t *testing.T, e *Env, p *bed.Proxy, before, after map[st
 	v4 := "ip_family=IPv4"
 	inRange("sync_proxy_rules_last_queued_timestamp_seconds", sec(since), sec(now), v4)
 	if e.Mode == "iptables" {
-		histogramSane("sync_partial_proxy_rules_duration_seconds", 10, v4)
+		histogramSane("sync_partial_proxy_rules_duration_seconds", math.Inf(1), v4)
 	}
 	grew("network_programming_duration_seconds", v4)
 	if m := healthSample(after, "kubeproxy_network_programming_duration_seconds", v4); m != nil && m.Histogram != nil {
@@ -358,7 +361,7 @@ func testLoadBalancerHAProxy(t *testing.T, e *Env) {
 
 	lb := healthStartHAProxy(t, client.NS, []*bed.Node{node1, node2}, np, hc)
 	lb.waitStates(t, 10*time.Second, map[string]string{node1.Short: "DOWN", node2.Short: "UP"})
-	healthThroughLB(t, client, a)
+	healthThroughLB(t, e, client, node2, np, a)
 
 	// Move the endpoint to node1: once the proxies have synced, HAProxy must follow
 	// within its checks (rise/fall checks, one interval each, plus one in flight).
@@ -368,12 +371,13 @@ func testLoadBalancerHAProxy(t *testing.T, e *Env) {
 	lb.waitStates(t, follow, map[string]string{node1.Short: "UP", node2.Short: "DOWN"})
 	t.Logf("HAProxy followed the endpoint to node1 %v after Programmed (bound %v)",
 		time.Since(programmed).Round(time.Millisecond), follow)
-	healthThroughLB(t, client, b)
+	healthThroughLB(t, e, client, node1, np, b)
 }
 
 // healthThroughLB sends a bounded loop of requests through HAProxy: all must succeed,
-// all from pod, with the client's own address kept (eTP=Local).
-func healthThroughLB(t *testing.T, client *bed.Client, pod *bed.Pod) {
+// all from pod, with the client's own address kept (eTP=Local); the trace of the
+// NodePort on node (HAProxy's only UP server) must agree.
+func healthThroughLB(t *testing.T, e *Env, client *bed.Client, node *bed.Node, nodePort int32, pod *bed.Pod) {
 	t.Helper()
 	const n = 50
 	counts := client.NS.CountAnswers(fmt.Sprintf("127.0.0.1:%d", healthHAProxyPort), n)
@@ -384,6 +388,7 @@ func healthThroughLB(t *testing.T, client *bed.Client, pod *bed.Pod) {
 	if counts.Sources[client.IP.String()] != counts.ByPod[pod.Name] {
 		t.Errorf("through HAProxy with eTP=Local: pods saw sources %v, want the client's %s", counts.Sources, client.IP)
 	}
+	e.assertTrace(t, node, externalPacket(client, epAddr(node.IP.String(), nodePort)), counts, 8080, pod)
 }
 
 // healthHAProxy is an HAProxy process in a client namespace.

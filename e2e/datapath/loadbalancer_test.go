@@ -51,10 +51,14 @@ func testLoadBalancerSourceRanges(t *testing.T, e *Env) {
 
 	target := svcAddr(lbIP, 80)
 	svcWaitHTTP(t, allowed.NS, target, a, b)
-	lbAssertServed(t, allowed.Name+" (in range)", allowed.NS.CountAnswers(target, lbRequests), a, b)
+	counts := allowed.NS.CountAnswers(target, lbRequests)
+	lbAssertServed(t, allowed.Name+" (in range)", counts, a, b)
+	// The clients route the external range via node1.
+	e.assertTrace(t, c.Node("node1"), externalPacket(allowed, target), counts, 8080, a, b)
 	svcAssertNoAnswer(t, denied.Name+" (outside the source ranges) → "+target, func(wait time.Duration) (bed.Answer, error) {
 		return denied.NS.HTTPGet(target, wait)
 	})
+	e.assertTraceRefused(t, c.Node("node1"), externalPacket(denied, target), denied.NS, target)
 }
 
 func testLoadBalancerIPModeProxy(t *testing.T, e *Env) {
@@ -73,7 +77,9 @@ func testLoadBalancerIPModeProxy(t *testing.T, e *Env) {
 	svcWaitHTTP(t, podClient.NS, svcAddr(clusterIP, 80), a)
 	vipTarget := svcAddr(vipIP, 80)
 	svcWaitHTTP(t, client.NS, vipTarget, a)
-	lbAssertServed(t, "VIP ingress", client.NS.CountAnswers(vipTarget, lbRequests), a)
+	counts := client.NS.CountAnswers(vipTarget, lbRequests)
+	lbAssertServed(t, "VIP ingress", counts, a)
+	e.assertTrace(t, c.Node("node1"), externalPacket(client, vipTarget), counts, 8080, a)
 
 	for _, n := range c.Nodes {
 		state, what := lbKernelState(t, e, n)
@@ -88,6 +94,8 @@ func testLoadBalancerIPModeProxy(t *testing.T, e *Env) {
 	svcAssertNoAnswer(t, "client → ipMode=Proxy ingress "+proxyTarget, func(wait time.Duration) (bed.Answer, error) {
 		return client.NS.HTTPGet(proxyTarget, wait)
 	})
+	// Left to the load balancer: svcproxy does not touch the packet.
+	e.assertTraceNoAnswer(t, c.Node("node1"), externalPacket(client, proxyTarget), "ACCEPT")
 }
 
 func testExternalIP(t *testing.T, e *Env) {
@@ -102,7 +110,9 @@ func testExternalIP(t *testing.T, e *Env) {
 
 	target := svcAddr(extIP, 80)
 	svcWaitHTTP(t, client.NS, target, a, b)
-	lbAssertServed(t, "external IP", client.NS.CountAnswers(target, lbRequests), a, b)
+	counts := client.NS.CountAnswers(target, lbRequests)
+	lbAssertServed(t, "external IP", counts, a, b)
+	e.assertTrace(t, c.Node("node1"), externalPacket(client, target), counts, 8080, a, b)
 }
 
 // lbKernelState is the node's service state as text: iptables-save in iptables mode,

@@ -44,6 +44,7 @@ func testNodePortCluster(t *testing.T, e *Env) {
 		t.Errorf("client → node1:%d: %v, want all %d answered by %s", np, counts, nodePortRequests, pod.Name)
 	}
 	svcAssertAllFrom(t, counts, node1.IP.String())
+	e.assertTrace(t, node1, externalPacket(client, target), counts, 8080, pod)
 
 	// The endpoint's own node serves the port too (eTP=Cluster also masquerades there).
 	target2 := svcAddr(node2.IP.String(), np)
@@ -56,6 +57,7 @@ func testNodePortCluster(t *testing.T, e *Env) {
 		t.Errorf("client → node2:%d with eTP=Cluster: pod saw the client's own address (sources %v), want a node address",
 			np, counts2.Sources)
 	}
+	e.assertTrace(t, node2, externalPacket(client, target2), counts2, 8080, pod)
 }
 
 func testNodePortLocal(t *testing.T, e *Env) {
@@ -80,12 +82,14 @@ func testNodePortLocal(t *testing.T, e *Env) {
 	}
 	// eTP=Local keeps the client's address.
 	svcAssertAllFrom(t, counts, client.IP.String())
+	e.assertTrace(t, node2, externalPacket(client, target2), counts, 8080, pod)
 
 	// node1 has no local endpoint: it must neither serve nor forward to node2.
 	target1 := svcAddr(node1.IP.String(), np)
 	svcAssertNoAnswer(t, "client → node1:nodePort with no local endpoint", func(wait time.Duration) (bed.Answer, error) {
 		return client.NS.HTTPGet(target1, wait)
 	})
+	e.assertTraceRefused(t, node1, externalPacket(client, target1), client.NS, target1)
 
 	nodePortHealthCheck(t, client.NS, node2.IP.String(), hc, http.StatusOK, 1)
 	nodePortHealthCheck(t, client.NS, node1.IP.String(), hc, http.StatusServiceUnavailable, 0)

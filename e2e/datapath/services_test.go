@@ -185,6 +185,7 @@ func testClusterIPTCP(t *testing.T, e *Env) {
 	svcAssertSpread(t, c, svcRequests, a, b)
 	// Pod → ClusterIP from inside the cluster CIDR is not masqueraded.
 	svcAssertAllFrom(t, c, client.IP.String())
+	e.assertTrace(t, client.Node, podPacket(client, target), c, 8080, a, b)
 }
 
 func testClusterIPUDP(t *testing.T, e *Env) {
@@ -200,6 +201,7 @@ func testClusterIPUDP(t *testing.T, e *Env) {
 	c := client.NS.CountUDPAnswers(target, svcRequests)
 	svcAssertSpread(t, c, svcRequests, a, b)
 	svcAssertAllFrom(t, c, client.IP.String())
+	e.assertTrace(t, client.Node, podPacket(client, target).udp(), c, 8080, a, b)
 }
 
 func testClusterIPSCTP(t *testing.T, e *Env) {
@@ -239,6 +241,7 @@ func testClusterIPSCTP(t *testing.T, e *Env) {
 		}
 	}
 	svcAssertAllFrom(t, counts, client.IP.String())
+	e.assertTrace(t, client.Node, podPacket(client, svcAddr(ip, 80)).sctp(), counts, sctpPort, a, b)
 }
 
 func testMultiPortNamed(t *testing.T, e *Env) {
@@ -264,6 +267,7 @@ func testMultiPortNamed(t *testing.T, e *Env) {
 		target := svcAddr(ip, tc.port)
 		svcWaitHTTP(t, client.NS, target, a, b)
 		byPort := map[int]int{}
+		counts := bed.Counts{ByPod: map[string]int{}, Sources: map[string]int{}}
 		failures := 0
 		const n = 50
 		for i := 0; i < n; i++ {
@@ -273,11 +277,14 @@ func testMultiPortNamed(t *testing.T, e *Env) {
 				continue
 			}
 			byPort[ans.Port]++
+			counts.ByPod[ans.Pod]++
+			counts.Sources[ans.SourceIP()]++
 		}
 		if failures != 0 || byPort[int(tc.want)] != n {
 			t.Errorf("service port %d: %d failures, pod ports seen %v; want all %d on %d",
 				tc.port, failures, byPort, n, tc.want)
 		}
+		e.assertTrace(t, client.Node, podPacket(client, target), counts, tc.want, a, b)
 	}
 }
 
@@ -299,6 +306,7 @@ func testNoEndpoints(t *testing.T, e *Env) {
 			t.Errorf("connect %d to %s: %s after %v (%v), want refused", i+1, target, r.Outcome, r.Elapsed, r.Err)
 		}
 	}
+	e.assertTraceNoAnswer(t, client.Node, podPacket(client, target), "REJECT")
 }
 
 // svcSCTPServe runs a one-message SCTP echo on port in pod's namespace (Go's net has no

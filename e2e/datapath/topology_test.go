@@ -19,7 +19,7 @@ func init() {
 
 // topoFromEachNode checks, for a client pod on each node, that the service at target is
 // answered only by that node's endpoint.
-func topoFromEachNode(t *testing.T, what, target string, clients, want []*bed.Pod) {
+func topoFromEachNode(t *testing.T, e *Env, what, target string, clients, want []*bed.Pod) {
 	t.Helper()
 	for i, client := range clients {
 		epWaitFirst(t, what+": first answer from "+client.Node.Short, epFirstAnswerTimeout,
@@ -30,6 +30,7 @@ func topoFromEachNode(t *testing.T, what, target string, clients, want []*bed.Po
 		if counts.Sources[client.IP.String()] != counts.ByPod[want[i].Name] {
 			t.Errorf("%s from %s: sources %v, want the client pod's own %s", what, client.Node.Short, counts.Sources, client.IP)
 		}
+		e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, want...)
 	}
 }
 
@@ -42,7 +43,7 @@ func testInternalTrafficPolicyLocal(t *testing.T, e *Env) {
 	ip := e.ClusterIP()
 	epApply(t, e, epService(e, "itplocal", "TCP", ip, []bed.ServiceOption{bed.InternalLocal()},
 		epEndpoint(a), epEndpoint(b))...)
-	topoFromEachNode(t, "iTP=Local", epAddr(ip, 80), clients, []*bed.Pod{a, b})
+	topoFromEachNode(t, e, "iTP=Local", epAddr(ip, 80), clients, []*bed.Pod{a, b})
 }
 
 func testTopologyZone(t *testing.T, e *Env) {
@@ -69,14 +70,18 @@ func testTopologyZone(t *testing.T, e *Env) {
 		[]bed.ServiceOption{bed.TrafficDistribution("PreferClose")}, eps...)...)
 
 	epWaitFirst(t, "first answer via "+target, epFirstAnswerTimeout, epHTTP(client.NS, target), za...)
-	epAssertOnly(t, "zone-a client", client.NS.CountAnswers(target, 2*epRequests), 2*epRequests, za...)
+	counts := client.NS.CountAnswers(target, 2*epRequests)
+	epAssertOnly(t, "zone-a client", counts, 2*epRequests, za...)
+	all := append(append([]*bed.Pod{}, za...), zb...)
+	e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, all...)
 
 	// Without hints on every endpoint the hints are ignored: all four serve.
 	eps[3] = epEndpoint(zb[1], bed.Zone("b"))
 	epUpdate(t, e, epSlice(e, "topozone", "TCP", eps...))
-	all := append(append([]*bed.Pod{}, za...), zb...)
 	epWaitExact(t, client.NS, target, epChangeBound(e), all...)
-	epAssertOnly(t, "hints incomplete", client.NS.CountAnswers(target, 2*epRequests), 2*epRequests, all...)
+	counts = client.NS.CountAnswers(target, 2*epRequests)
+	epAssertOnly(t, "hints incomplete", counts, 2*epRequests, all...)
+	e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, all...)
 }
 
 func testDualStackIPv6(t *testing.T, e *Env) {
@@ -100,6 +105,7 @@ func testDualStackIPv6(t *testing.T, e *Env) {
 	if counts.Sources[client.IPv6.String()] != 2*epRequests {
 		t.Errorf("IPv6 pods saw sources %v, want only the client's %s", counts.Sources, client.IPv6)
 	}
+	e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, a, b)
 
 	// The IPv6 rules exist only in the IPv6 family of the data plane.
 	for _, n := range c.Nodes {

@@ -105,6 +105,8 @@ func testRestoreFailureKeepsTraffic(t *testing.T, e *Env) {
 	p.WaitMetric(t, failures, func(v float64) bool { return v > base }, `ip_family="IPv4"`)
 	counts := client.NS.CountAnswers(target, epRequests)
 	epAssertOnly(t, "while restores fail", counts, epRequests, a)
+	// The kernel still holds the old rules, and so does the trace.
+	e.assertTrace(t, node1, podPacket(client, target), counts, 8080, a, b)
 	save, err := node1.IPTablesSave(false)
 	if err != nil {
 		t.Fatal(err)
@@ -122,7 +124,9 @@ func testRestoreFailureKeepsTraffic(t *testing.T, e *Env) {
 	bound := lifecycleRetryPeriod + epChangeBound(e) + time.Second
 	took := epWaitExact(t, client.NS, target, bound, b)
 	t.Logf("change applied %v after restores work again (retry period %v)", took, lifecycleRetryPeriod)
-	epAssertOnly(t, "after the retry", client.NS.CountAnswers(target, epRequests), epRequests, b)
+	counts = client.NS.CountAnswers(target, epRequests)
+	epAssertOnly(t, "after the retry", counts, epRequests, b)
+	e.assertTrace(t, node1, podPacket(client, target), counts, 8080, a, b)
 }
 
 // lifecycleLoad sends one HTTP request every 50 ms (20 req/s) from ns to target until
@@ -205,6 +209,8 @@ func testRestartKeepsTraffic(t *testing.T, e *Env) {
 	if sent < 60 || counts.ByPod[a.Name] == 0 || counts.ByPod[b.Name] == 0 {
 		t.Errorf("load too small or one-sided to show anything: %d requests, %v", sent, counts)
 	}
+	// The restarted proxy programmed the same service again.
+	e.assertTrace(t, node1, podPacket(client, target), counts, 8080, a, b)
 }
 
 func testCleanup(t *testing.T, e *Env) {
@@ -250,6 +256,7 @@ func testCleanup(t *testing.T, e *Env) {
 	epWaitFirst(t, "answer via "+target+" after the restart", epFirstAnswerTimeout, epHTTP(client.NS, target), pod)
 	counts := client.NS.CountAnswers(target, epRequests)
 	epAssertOnly(t, "after cleanup and restart", counts, epRequests, pod)
+	e.assertTrace(t, client.Node, podPacket(client, target), counts, 8080, pod)
 }
 
 // lifecycleLeftovers lists what svcproxy left in node: KUBE-* in any iptables backend

@@ -30,6 +30,8 @@ var hostTools = []string{
 	"/usr/sbin/xtables-legacy-multi", "/usr/sbin/xtables-nft-multi",
 	"/usr/sbin/ipset", "/usr/sbin/ipvsadm", "/usr/sbin/ipvsadm-save", "/usr/sbin/ipvsadm-restore",
 	"/usr/sbin/conntrack", "/usr/sbin/nft", "/usr/bin/ip", "/usr/bin/ss",
+	// HAProxy is the real load balancer of the LoadBalancerHAProxy scenario.
+	"/usr/sbin/haproxy",
 }
 
 // hostDataDirs hold files the tools read at run time (xtables extensions are

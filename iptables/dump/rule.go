@@ -173,7 +173,7 @@ func (r *Rule) parse() error {
 		}
 	}
 	if negate {
-		return fmt.Errorf("dangling !")
+		return fmt.Errorf("negation ! with nothing after it")
 	}
 	return nil
 }
