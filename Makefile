@@ -6,7 +6,7 @@ TOOLS_BIN := $(CURDIR)/bin/tools
 STATICCHECK := $(TOOLS_BIN)/staticcheck
 GO_TEST_FLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build test test-host test-vm deps apiserver lint staticcheck clean demo
+.PHONY: all build test test-host test-vm fuzz-short deps apiserver lint staticcheck clean demo
 
 all: build
 
@@ -27,8 +27,8 @@ demo: deps apiserver build
 	@echo "demo: compiling ./e2e/demo (first time: a minute or two)"
 	$(GO) run ./e2e/demo -mode=$(or $(MODE),iptables) -svcproxy=bin/svcproxy
 
-## test: every test on the host, then the IPVS suite in the VM
-test: test-host test-vm
+## test: lint, every test on the host, a short fuzz run, then the IPVS suite in the VM
+test: lint test-host fuzz-short test-vm
 
 ## test-host: unit tests and the host e2e tests (network namespaces on this kernel)
 test-host: deps apiserver
@@ -39,6 +39,11 @@ test-host: deps apiserver
 ## SVCPROXY_VM_TESTS=1, so test-host's `go test ./...` does not run it a second time.
 test-vm: deps apiserver
 	SVCPROXY_VM_TESTS=1 $(GO) test -count=1 -timeout 40m -v -run TestDatapathInVM ./e2e/vmdatapath/
+
+## fuzz-short: a bounded fuzz run of the tracker and the iptables builder (seed corpora in testdata/fuzz)
+fuzz-short:
+	$(GO) test -run='^$$' -fuzz=FuzzTracker -fuzztime=15s ./proxier/
+	$(GO) test -run='^$$' -fuzz=FuzzBuilder -fuzztime=15s ./iptables/
 
 ## lint: gofmt, go vet, staticcheck
 lint: staticcheck
