@@ -6,7 +6,7 @@ TOOLS_BIN := $(CURDIR)/bin/tools
 STATICCHECK := $(TOOLS_BIN)/staticcheck
 GO_TEST_FLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build test test-host test-vm fuzz-short deps apiserver lint staticcheck clean demo
+.PHONY: all build test test-host test-vm bench-vm fuzz-short deps apiserver lint staticcheck clean demo
 
 all: build
 
@@ -34,11 +34,18 @@ test: lint test-host fuzz-short test-vm
 test-host: deps apiserver
 	$(GO) test $(GO_TEST_FLAGS) ./...
 
-## test-vm: the data-plane scenarios (TestDatapath/ipvs/*) inside the qemu VM, against the
-## host's apiserver (e2e/vmdatapath). Only this target boots it: the package skips unless
-## SVCPROXY_VM_TESTS=1, so test-host's `go test ./...` does not run it a second time.
+## test-vm: the data-plane scenarios inside the qemu VM, against the host's apiserver
+## (e2e/vmdatapath): every TestDatapath/ipvs/* and the SCTP ones of TestDatapath/iptables/*.
+## Only this target boots it: the package skips unless SVCPROXY_VM_TESTS=1, so
+## test-host's `go test ./...` does not run it a second time.
 test-vm: deps apiserver
 	SVCPROXY_VM_TESTS=1 $(GO) test -count=1 -timeout 40m -v -run TestDatapathInVM ./e2e/vmdatapath/
+
+## bench-vm: the scale harness in IPVS mode inside the VM (BENCHMARKS.md); not part of test.
+## SERVICES (1000), RUNS (1) and CHURN (60s) size it.
+bench-vm: deps apiserver
+	SVCPROXY_VM_SCALE=1 SVCPROXY_SCALE_SERVICES=$(or $(SERVICES),1000) SVCPROXY_SCALE_RUNS=$(or $(RUNS),1) \
+	SVCPROXY_SCALE_CHURN=$(or $(CHURN),60s) $(GO) test -count=1 -timeout 90m -v -run TestScaleInVM ./e2e/vmscale/
 
 ## fuzz-short: a bounded fuzz run of the tracker and the iptables builder (seed corpora in testdata/fuzz)
 fuzz-short:

@@ -103,7 +103,11 @@ func (e *echoServer) Close() {
 // HTTPGet sends one GET over a new connection from inside the namespace to target
 // ("ip:port", "[ip6]:port") and decodes the echo answer.
 func (n *Namespace) HTTPGet(target string, timeout time.Duration) (Answer, error) {
-	tr := &http.Transport{DialContext: n.DialContext, DisableKeepAlives: true}
+	return getAnswer(n.DialContext, target, timeout)
+}
+
+func getAnswer(dial func(ctx context.Context, network, addr string) (net.Conn, error), target string, timeout time.Duration) (Answer, error) {
+	tr := &http.Transport{DialContext: dial, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: timeout}
 	resp, err := c.Get("http://" + target + "/")
@@ -119,6 +123,23 @@ func (n *Namespace) HTTPGet(target string, timeout time.Duration) (Answer, error
 		return a, fmt.Errorf("decode answer from %s: %w", target, err)
 	}
 	return a, nil
+}
+
+// HTTPGetReset is HTTPGet over a connection the client ends with a RST (SO_LINGER 0)
+// instead of a FIN: no TIME_WAIT is left on the path, so the connection-tracking
+// tables (conntrack, IPVS) forget it within seconds.
+func (n *Namespace) HTTPGetReset(target string, timeout time.Duration) (Answer, error) {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := n.DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			if lerr := tc.SetLinger(0); lerr != nil {
+				c.Close()
+				return nil, fmt.Errorf("set SO_LINGER 0: %w", lerr)
+			}
+		}
+		return c, err
+	}
+	return getAnswer(dial, target, timeout)
 }
 
 // UDPRequest sends one datagram from a new socket and waits for the echo answer.
@@ -195,6 +216,15 @@ func (n *Namespace) CountAnswers(target string, count int) Counts {
 	c := Counts{ByPod: map[string]int{}, Sources: map[string]int{}}
 	for range count {
 		c.add(n.HTTPGet(target, RequestTimeout))
+	}
+	return c
+}
+
+// CountAnswersReset is CountAnswers with HTTPGetReset.
+func (n *Namespace) CountAnswersReset(target string, count int) Counts {
+	c := Counts{ByPod: map[string]int{}, Sources: map[string]int{}}
+	for range count {
+		c.add(n.HTTPGetReset(target, RequestTimeout))
 	}
 	return c
 }

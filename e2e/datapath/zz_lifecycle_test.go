@@ -263,6 +263,17 @@ func testCleanup(t *testing.T, e *Env) {
 // and family; in IPVS mode also KUBE-* ipsets, virtual servers and kube-ipvs0.
 func lifecycleLeftovers(t *testing.T, e *Env, n *bed.Node) []string {
 	t.Helper()
+	left := lifecycleIPTables(t, n, func(string) bool { return true })
+	if e.Mode != "ipvs" {
+		return left
+	}
+	return append(left, lifecycleIPVS(t, n)...)
+}
+
+// lifecycleIPTables lists the iptables lines of node that mention KUBE- and that match
+// reports, in any backend and family.
+func lifecycleIPTables(t *testing.T, n *bed.Node, reports func(line string) bool) []string {
+	t.Helper()
 	// kubelet's anti-martian KUBE-FIREWALL (which svcproxy copies, as kube-proxy does)
 	// guards route_localnet=1; kube-proxy's cleanup leaves it, and so may svcproxy's
 	// while route_localnet stays on.
@@ -282,7 +293,7 @@ func lifecycleLeftovers(t *testing.T, e *Env, n *bed.Node) []string {
 		out := bed.ExecInNS(t, n.NS, tool)
 		for _, line := range strings.Split(out, "\n") {
 			switch {
-			case !strings.Contains(line, "KUBE-"):
+			case !strings.Contains(line, "KUBE-") || !reports(line):
 			case localnet == "1" && strings.Count(line, "KUBE-") == strings.Count(line, "KUBE-FIREWALL"):
 				t.Logf("%s: %s: kept with route_localnet=1: %s", n.Short, filepath.Base(tool), line)
 			default:
@@ -290,9 +301,14 @@ func lifecycleLeftovers(t *testing.T, e *Env, n *bed.Node) []string {
 			}
 		}
 	}
-	if e.Mode != "ipvs" {
-		return left
-	}
+	return left
+}
+
+// lifecycleIPVS lists what IPVS mode leaves in node: KUBE-* ipsets, virtual servers
+// and kube-ipvs0.
+func lifecycleIPVS(t *testing.T, n *bed.Node) []string {
+	t.Helper()
+	var left []string
 	for _, line := range strings.Split(bed.ExecInNS(t, n.NS, "ipset", "list", "-n"), "\n") {
 		if strings.HasPrefix(line, "KUBE-") {
 			left = append(left, "ipset "+line)

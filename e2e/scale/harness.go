@@ -52,6 +52,10 @@ type Result struct {
 	BytesOK              bool
 	FullSync, PartSync   float64 // mean seconds (metrics), 0 when unknown
 	NATRules             int     // lines in iptables-save -t nat after the cold start
+	VirtualServers       int     // IPVS mode: virtual servers after the cold start
+	ColdCalls            float64 // IPVS mode: kernel calls until the cold start was done
+	AddCalls             float64 // IPVS mode: kernel calls per sync during the single adds
+	AddSync              float64 // IPVS mode: mean sync duration (metric) after the single adds
 	FloorOne, FloorFed   floorResult
 	Errors               []string
 }
@@ -135,15 +139,18 @@ func (h *Harness) Run(tb testing.TB, backend string, run int) (res Result) {
 		res.ColdCPU, res.ColdChild = ps.CPU, ps.ChildCPU
 	}
 	cfg.Logf("[%s run %d] cold start %v", backend, run, res.ColdStart.Round(time.Millisecond))
+	res.ColdCalls, _ = m.kernelCalls()
 	dump, err := execIn(node.NS, 5*time.Minute, "", iptablesTool(backend, "iptables-save"))
 	if err != nil {
 		tb.Fatalf("iptables-save after cold start: %v", err)
 	}
-	if !strings.Contains(dump, "-A "+svcChain(h.objs.portName(h.objs.probe()))+" ") ||
+	res.NATRules = natRules(dump)
+	if cfg.Mode == "ipvs" {
+		h.checkIPVS(node.NS, &res)
+	} else if !strings.Contains(dump, "-A "+svcChain(h.objs.portName(h.objs.probe()))+" ") ||
 		!strings.Contains(dump, "-d "+h.objs.clusterIP(h.objs.probe())+"/32") {
 		res.errorf("probe service answered but its rules are not in iptables-save")
 	}
-	res.NATRules = natRules(dump)
 	if text, err := m.metrics(); err == nil {
 		res.FullBytes, res.BytesOK = bed.MetricValue(text, "svcproxy_sync_proxy_rules_restore_bytes", ipv4)
 		res.FullSync, _ = histMean(text, "kubeproxy_sync_full_proxy_rules_duration_seconds", ipv4)
@@ -168,7 +175,8 @@ func (h *Harness) Run(tb testing.TB, backend string, run int) (res Result) {
 	}
 	p.Stop(tb)
 	_ = ctx
-	if cfg.FloorTimeout > 0 {
+	// IPVS mode restores only a few fixed rules: its floor is not the question.
+	if cfg.FloorTimeout > 0 && cfg.Mode != "ipvs" {
 		res.FloorOne = restoreFloor(backend, dump, cfg.FloorTimeout)
 		if backend != "legacy" {
 			res.FloorFed = restoreFloor(backend, splitLikeProxy(dump, 100), cfg.FloorTimeout)
@@ -214,6 +222,36 @@ func (m *meter) metrics() (string, error) {
 		err = fmt.Errorf("metrics: status %d", code)
 	}
 	return body, err
+}
+
+// kernelCalls returns the IPVS-mode kernel calls (IPv4, every operation) and syncs so
+// far; both 0 when the proxy does not export them.
+func (m *meter) kernelCalls() (calls, syncs float64) {
+	text, err := m.metrics()
+	if err != nil {
+		return 0, 0
+	}
+	calls, _ = bed.MetricValue(text, "svcproxy_ipvs_kernel_calls_total", ipv4)
+	syncs, _ = bed.MetricValue(text, "kubeproxy_sync_proxy_rules_duration_seconds_count", ipv4)
+	return calls, syncs
+}
+
+// checkIPVS counts the node's virtual servers and checks the probe service's is there.
+func (h *Harness) checkIPVS(ns *bed.Namespace, res *Result) {
+	out, err := execIn(ns, 5*time.Minute, "", "ipvsadm", "-Ln")
+	if err != nil {
+		res.errorf("ipvsadm -Ln after cold start: %v", err)
+		return
+	}
+	probe := fmt.Sprintf("TCP  %s:%d", h.objs.clusterIP(h.objs.probe()), svcPort)
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "TCP ") || strings.HasPrefix(l, "UDP ") || strings.HasPrefix(l, "SCTP ") {
+			res.VirtualServers++
+		}
+	}
+	if !strings.Contains(out, probe) {
+		res.errorf("probe service answered but %q is not in ipvsadm -Ln", probe)
+	}
 }
 
 // profile saves a CPU profile of d (waiting up to 10 s for the metrics server).

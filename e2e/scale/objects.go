@@ -187,19 +187,29 @@ func (o *objects) mutate(ctx context.Context, i int, fn func(*discovery.Endpoint
 	}
 }
 
-// addEndpoint adds a fresh endpoint to service i; it returns its KUBE-SEP chain.
-func (o *objects) addEndpoint(ctx context.Context, i int) (string, time.Time, error) {
+// mark is where an endpoint of a service shows in the kernel: its KUBE-SEP chain in
+// iptables mode, its real server under the ClusterIP's virtual server in IPVS mode.
+type mark struct{ svcPort, vip, ep string }
+
+func (o *objects) mark(i int, ip string) mark {
+	return mark{svcPort: o.portName(i), vip: fmt.Sprintf("%s:%d", o.clusterIP(i), svcPort), ep: fmt.Sprintf("%s:%d", ip, targetPort)}
+}
+
+func (m mark) chain() string { return sepChain(m.svcPort, m.ep) }
+
+// addEndpoint adds a fresh endpoint to service i; it returns where it will show.
+func (o *objects) addEndpoint(ctx context.Context, i int) (mark, time.Time, error) {
 	ip := o.freshEndpoint()
 	sent, err := o.mutate(ctx, i, func(es *discovery.EndpointSlice) { es.Endpoints = append(es.Endpoints, endpoint(ip)) })
-	return sepChain(o.portName(i), fmt.Sprintf("%s:%d", ip, targetPort)), sent, err
+	return o.mark(i, ip), sent, err
 }
 
 // replaceEndpoint replaces endpoint j (mod the slice's size) of service i with a
-// fresh address; it returns the new endpoint's KUBE-SEP chain.
-func (o *objects) replaceEndpoint(ctx context.Context, i, j int) (string, time.Time, error) {
+// fresh address; it returns where the new endpoint will show.
+func (o *objects) replaceEndpoint(ctx context.Context, i, j int) (mark, time.Time, error) {
 	ip := o.freshEndpoint()
 	sent, err := o.mutate(ctx, i, func(es *discovery.EndpointSlice) {
 		es.Endpoints[j%len(es.Endpoints)] = endpoint(ip)
 	})
-	return sepChain(o.portName(i), fmt.Sprintf("%s:%d", ip, targetPort)), sent, err
+	return o.mark(i, ip), sent, err
 }

@@ -15,10 +15,16 @@ import (
 // pollInterval bounds how often the kernel is asked whether a rule is in.
 const pollInterval = 50 * time.Millisecond
 
-// chainPresent asks the kernel (not the proxy) whether nat chain exists in the node.
-// On legacy it reads iptables-save, which takes no xtables lock: `iptables -S` would
-// hold the lock while it reads the whole table and make the proxy's own calls wait.
-func (h *Harness) chainPresent(m *meter, backend, chain string) bool {
+// present asks the kernel (not the proxy) whether mk is in the node: in IPVS mode the
+// real server under its virtual server, else its nat chain. On legacy it reads
+// iptables-save, which takes no xtables lock: `iptables -S` would hold the lock while it
+// reads the whole table and make the proxy's own calls wait.
+func (h *Harness) present(m *meter, backend string, mk mark) bool {
+	if h.cfg.Mode == "ipvs" {
+		out, err := execIn(m.ns, 30*time.Second, "", "ipvsadm", "-Ln", "-t", mk.vip)
+		return err == nil && strings.Contains(out, "-> "+mk.ep+" ")
+	}
+	chain := mk.chain()
 	if backend == "legacy" {
 		out, err := execIn(m.ns, time.Minute, "", iptablesTool(backend, "iptables-save"), "-t", "nat")
 		return err == nil && strings.Contains(out, "\n:"+chain+" ")
@@ -27,14 +33,14 @@ func (h *Harness) chainPresent(m *meter, backend, chain string) bool {
 	return err == nil
 }
 
-// waitChain polls until chain exists or timeout; it returns when it was seen. The pause
-// between polls is at least as long as the last poll took, so polling a large ruleset
-// uses at most about half a core.
-func (h *Harness) waitChain(m *meter, backend, chain string, timeout time.Duration, superseded func() bool) (time.Time, bool) {
+// waitMark polls until mk is in the kernel or timeout; it returns when it was seen. The
+// pause between polls is at least as long as the last poll took, so polling a large
+// ruleset uses at most about half a core.
+func (h *Harness) waitMark(m *meter, backend string, mk mark, timeout time.Duration, superseded func() bool) (time.Time, bool) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		start := time.Now()
-		if h.chainPresent(m, backend, chain) {
+		if h.present(m, backend, mk) {
 			return time.Now(), true
 		}
 		if superseded != nil && superseded() {
@@ -50,16 +56,17 @@ func (h *Harness) waitChain(m *meter, backend, chain string, timeout time.Durati
 func (h *Harness) singleAdds(tb testing.TB, m *meter, res *Result) {
 	ctx := context.Background()
 	others := max(1, h.objs.n-1)
+	calls0, syncs0 := m.kernelCalls()
 	for r := range h.cfg.Adds {
 		// Past the proxy's 1 s minimum sync period, so each change syncs at once.
 		time.Sleep(1100 * time.Millisecond)
 		i := (r*7919 + 1) % others
-		chain, sent, err := h.objs.addEndpoint(ctx, i)
+		mk, sent, err := h.objs.addEndpoint(ctx, i)
 		if err != nil {
 			res.errorf("add endpoint: %v", err)
 			continue
 		}
-		seen, ok := h.waitChain(m, res.Backend, chain, 5*time.Minute, nil)
+		seen, ok := h.waitMark(m, res.Backend, mk, 5*time.Minute, nil)
 		if !ok {
 			res.errorf("endpoint added to %s not in the kernel after 5m", svcName(i))
 			continue
@@ -73,6 +80,12 @@ func (h *Harness) singleAdds(tb testing.TB, m *meter, res *Result) {
 	}
 	if text, err := m.metrics(); err == nil {
 		res.PartSync, _ = histMean(text, "kubeproxy_sync_partial_proxy_rules_duration_seconds", ipv4)
+		if h.cfg.Mode == "ipvs" {
+			res.AddSync, _ = histMean(text, "kubeproxy_sync_proxy_rules_duration_seconds", ipv4)
+		}
+	}
+	if calls1, syncs1 := m.kernelCalls(); syncs1 > syncs0 && calls1 > 0 {
+		res.AddCalls = (calls1 - calls0) / (syncs1 - syncs0)
 	}
 	h.cfg.Logf("[%s run %d] single adds: median %v p95 %v", res.Backend, res.Run,
 		percentile(res.AddLatencies, 0.5).Round(time.Millisecond), percentile(res.AddLatencies, 0.95).Round(time.Millisecond))
@@ -92,9 +105,9 @@ func (h *Harness) churn(tb testing.TB, m *meter, res *Result) {
 	}
 
 	type update struct {
-		svc   int
-		chain string
-		sent  time.Time
+		svc  int
+		mark mark
+		sent time.Time
 	}
 	var mu sync.Mutex
 	var latest update
@@ -108,12 +121,12 @@ func (h *Harness) churn(tb testing.TB, m *meter, res *Result) {
 			defer wg.Done()
 			for k := range work {
 				i := k % others
-				chain, sent, err := h.objs.replaceEndpoint(ctx, i, k/others)
+				mk, sent, err := h.objs.replaceEndpoint(ctx, i, k/others)
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, err.Error())
 				} else {
-					latest = update{i, chain, sent}
+					latest = update{i, mk, sent}
 					lastWrite[i] = sent
 				}
 				mu.Unlock()
@@ -134,7 +147,7 @@ func (h *Harness) churn(tb testing.TB, m *meter, res *Result) {
 			mu.Lock()
 			u := latest
 			mu.Unlock()
-			if u.chain == "" {
+			if u.mark.ep == "" {
 				continue
 			}
 			superseded := func() bool {
@@ -142,7 +155,7 @@ func (h *Harness) churn(tb testing.TB, m *meter, res *Result) {
 				defer mu.Unlock()
 				return lastWrite[u.svc].After(u.sent)
 			}
-			if seen, ok := h.waitChain(m, res.Backend, u.chain, 5*time.Minute, superseded); ok {
+			if seen, ok := h.waitMark(m, res.Backend, u.mark, 5*time.Minute, superseded); ok {
 				res.ChurnLags = append(res.ChurnLags, seen.Sub(u.sent))
 			} else {
 				res.ChurnSuperseded++

@@ -21,12 +21,16 @@ var rows = []row{
 	{"CPU until then: proxy + children", func(r Result) (float64, bool) { return r.ColdCPU + r.ColdChild, r.ColdStart > 0 }, "s"},
 	{"… of which children (iptables-restore, …)", func(r Result) (float64, bool) { return r.ColdChild, r.ColdStart > 0 }, "s"},
 	{"nat rules after cold start", func(r Result) (float64, bool) { return float64(r.NATRules), r.NATRules > 0 }, ""},
+	{"IPVS virtual servers after cold start", func(r Result) (float64, bool) { return float64(r.VirtualServers), r.VirtualServers > 0 }, ""},
+	{"kernel calls until cold start done", func(r Result) (float64, bool) { return r.ColdCalls, r.ColdCalls > 0 }, ""},
 	{"full sync (metric mean)", func(r Result) (float64, bool) { return r.FullSync, r.FullSync > 0 }, "s"},
 	{"bytes to iptables-restore, full sync", func(r Result) (float64, bool) { return r.FullBytes / 1e6, r.BytesOK }, "MB"},
 	{"one endpoint added → in kernel, median", func(r Result) (float64, bool) { return dur(percentile(r.AddLatencies, 0.5)) }, "ms"},
 	{"one endpoint added → in kernel, p95", func(r Result) (float64, bool) { return dur(percentile(r.AddLatencies, 0.95)) }, "ms"},
 	{"partial sync (metric mean)", func(r Result) (float64, bool) { return r.PartSync, r.PartSync > 0 }, "ms"},
 	{"bytes to iptables-restore, one-endpoint sync", func(r Result) (float64, bool) { return r.PartBytes / 1e3, r.PartBytes > 0 }, "kB"},
+	{"kernel calls per sync during the adds", func(r Result) (float64, bool) { return r.AddCalls, r.AddCalls > 0 }, ""},
+	{"sync duration (metric mean, after the adds)", func(r Result) (float64, bool) { return r.AddSync, r.AddSync > 0 }, "ms"},
 	{"churn: updates sent per second", func(r Result) (float64, bool) { return r.churnRate(), r.ChurnSent > 0 }, ""},
 	{"churn: sync lag median (sampled)", func(r Result) (float64, bool) { return dur(percentile(r.ChurnLags, 0.5)) }, "ms"},
 	{"churn: sync lag p95 (sampled)", func(r Result) (float64, bool) { return dur(percentile(r.ChurnLags, 0.95)) }, "ms"},
@@ -76,6 +80,9 @@ func Table(cfg Config, results []Result) string {
 	}
 	b.WriteString("\n")
 	for _, rw := range rows {
+		if !anyValue(rw, results) {
+			continue // a figure of the other mode
+		}
 		fmt.Fprintf(&b, "| %s |", rw.label)
 		for _, be := range cfg.Backends {
 			var vs []float64
@@ -97,6 +104,15 @@ func Table(cfg Config, results []Result) string {
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+func anyValue(rw row, results []Result) bool {
+	for _, r := range results {
+		if _, ok := rw.value(r); ok {
+			return true
+		}
+	}
+	return false
 }
 
 func backendLabel(b string) string {
