@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -34,8 +35,12 @@ type Builder struct {
 	// uncommitted: the last Build was not committed, so cached fragments
 	// may be ahead of the kernel and the next build must be full.
 	uncommitted bool
+	committed   bool // a build was committed: the kernel has our chains
 	removed     []*svcEntry
-	active      map[string]struct{}
+	// committedSvc and committedNP are KUBE-SERVICES' and KUBE-NODEPORTS' rules as
+	// the kernel holds them after the last committed sync.
+	committedSvc, committedNP []byte
+	active                    map[string]struct{}
 	rs          Ruleset
 	scratch     dispatchBufs
 }
@@ -104,7 +109,7 @@ func (b *Builder) probability(n int) string {
 // valid until the next Build. Call Commit once the kernel accepted all of
 // it; a Build after an uncommitted one is always full.
 func (b *Builder) Build(snap *proxier.Snapshot, in BuildInput) *Ruleset {
-	full := in.Full || b.uncommitted || len(b.svcs) == 0
+	full := in.Full || b.uncommitted || !b.committed
 	b.uncommitted = true
 	rs := &b.rs
 	rs.reset(full)
@@ -149,6 +154,12 @@ func (b *Builder) Build(snap *proxier.Snapshot, in BuildInput) *Ruleset {
 	slices.Sort(rs.Stale)
 
 	b.writeNodePortsDispatch(rs, in.NodePortIPs)
+	// An endpoint change leaves every dispatch rule as it was (they jump to stable
+	// chain names): then the input leaves KUBE-SERVICES and KUBE-NODEPORTS alone, which
+	// at 10k services is most of its size. Stale chains do not matter: a dispatch rule
+	// that jumped to one would differ now.
+	rs.skipDispatch = !full &&
+		bytes.Equal(rs.natServices.b, b.committedSvc) && bytes.Equal(rs.natNodePorts.b, b.committedNP)
 	b.writeFilterStatic(rs)
 	rs.natTotal += rs.natStatic.rules + rs.natServices.rules + rs.natNodePorts.rules
 	return rs
@@ -258,7 +269,11 @@ func (b *Builder) Commit() {
 	if !b.uncommitted {
 		return
 	}
-	b.uncommitted = false
+	b.uncommitted, b.committed = false, true
+	if !b.rs.skipDispatch {
+		b.committedSvc = append(b.committedSvc[:0], b.rs.natServices.b...)
+		b.committedNP = append(b.committedNP[:0], b.rs.natNodePorts.b...)
+	}
 	for _, e := range b.removed {
 		delete(b.svcs, e.name)
 	}

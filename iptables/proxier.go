@@ -244,32 +244,38 @@ func (p *Proxier) Sync(snap *proxier.Snapshot) (proxier.SyncResult, error) {
 	// One restore call: its COMMIT blocks apply in order, so a failure in a
 	// later block leaves the old dispatch chains (always last) in place.
 	data := p.restoreBuf[:0]
-	for block := range rs.Inputs(p.opts.BatchServices) {
-		data = append(data, block...)
-	}
-	p.restoreBuf = data
-	res.KernelCalls++
-	res.Bytes += len(data)
-	if err := p.kernel.Restore(data); err != nil {
-		p.restoreFailed(err, data, rs.Full)
-		return res, fmt.Errorf("restore %s iptables rules (%d blocks): %w", p.family, rs.InputCount(p.opts.BatchServices), err)
+	if rs.Changes() {
+		for block := range rs.Inputs(p.opts.BatchServices) {
+			data = append(data, block...)
+		}
+		p.restoreBuf = data
+		res.KernelCalls++
+		res.Bytes += len(data)
+		if err := p.kernel.Restore(data); err != nil {
+			p.restoreFailed(err, data, rs.Full)
+			return res, fmt.Errorf("restore %s iptables rules (%d blocks): %w", p.family, rs.InputCount(p.opts.BatchServices), err)
+		}
 	}
 	p.builder.Commit()
 	p.needFull, p.needFullWhy = false, ""
-	p.servicesRules = lastBlockCount(data, "*nat\n", "-A "+chainServices+" ")
+	if rs.DispatchWritten() {
+		p.servicesRules = lastBlockCount(data, "*nat\n", "-A "+chainServices+" ")
+	}
 	if rs.Full {
 		p.lastFull = p.clock.Now()
 	}
 	p.lastNode = snap.Node
 
-	res.Rules["nat"] = rs.NATRules()
-	res.Rules["filter"] = rs.FilterRules()
+	if rs.Changes() {
+		res.Rules["nat"] = rs.NATRules()
+		res.Rules["filter"] = rs.FilterRules()
+	}
 	maps.Copy(res.NoLocalEndpoints, rs.NoLocalEndpoints)
 	fam := string(p.family)
 	metrics.IPTablesRulesTotal.WithLabelValues(fam, "nat").Set(float64(rs.NATRulesTotal()))
 	metrics.IPTablesRulesTotal.WithLabelValues(fam, "filter").Set(float64(rs.FilterRules()))
-	metrics.IPTablesRulesLastSync.WithLabelValues(fam, "nat").Set(float64(rs.NATRules()))
-	metrics.IPTablesRulesLastSync.WithLabelValues(fam, "filter").Set(float64(rs.FilterRules()))
+	metrics.IPTablesRulesLastSync.WithLabelValues(fam, "nat").Set(float64(res.Rules["nat"]))
+	metrics.IPTablesRulesLastSync.WithLabelValues(fam, "filter").Set(float64(res.Rules["filter"]))
 	metrics.SyncRestoreBytes.WithLabelValues(fam).Set(float64(res.Bytes))
 	klog.V(2).InfoS("Synced iptables rules", "ipFamily", p.family, "full", rs.Full,
 		"services", len(snap.Services), "servicesWritten", rs.ServicesWritten(), "staleChains", len(rs.Stale),

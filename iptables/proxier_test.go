@@ -103,7 +103,8 @@ func TestPartialSyncWritesOnlyChangedService(t *testing.T) {
 		newEPs = append(newEPs, names.SEP(ep))
 	}
 	stale := []string{oldEPs[0]} // the moved endpoint's chain
-	wantNAT := append([]string{"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", names.SVC}, newEPs...)
+	// The dispatch chains are left alone: the service's rules there did not change.
+	wantNAT := append([]string{"KUBE-POSTROUTING", "KUBE-MARK-MASQ", names.SVC}, newEPs...)
 	if !sameSet(chains["nat"], wantNAT) {
 		t.Errorf("partial restore declares nat chains %v, want %v", chains["nat"], wantNAT)
 	}
@@ -113,9 +114,8 @@ func TestPartialSyncWritesOnlyChangedService(t *testing.T) {
 	if !sameSet(chains["filter"], []string{"KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL"}) {
 		t.Errorf("partial restore filter chains %v", chains["filter"])
 	}
-	// The dispatch chain is rewritten whole: one rule per service plus the NodePort jump.
-	if got := strings.Count(string(input), "-A KUBE-SERVICES -m comment --comment \"scale/"); got != 1000 {
-		t.Errorf("KUBE-SERVICES has %d service rules, want 1000", got)
+	if got := strings.Count(string(input), "-A KUBE-SERVICES "); got != 0 {
+		t.Errorf("an endpoint change rewrote %d rules of KUBE-SERVICES, want none", got)
 	}
 	natPart := string(input[strings.Index(string(input), "*nat"):])
 	for _, l := range strings.Split(natPart, "\n") {
@@ -130,6 +130,20 @@ func TestPartialSyncWritesOnlyChangedService(t *testing.T) {
 	if got, want := gaugeValue(t, metrics.IPTablesRulesTotal, "IPv4", "nat"), float64(ourNATRules(f)); got != want {
 		t.Errorf("sync_proxy_rules_iptables_total{nat} = %v, kernel holds %v", got, want)
 	}
+	if lost, err := p.Verify(); lost || err != nil {
+		t.Errorf("Verify after a sync that left KUBE-SERVICES alone: lost %v, %v", lost, err)
+	}
+
+	// A service that goes changes the dispatch chain: it is rewritten whole, one rule
+	// per service plus the NodePort jump.
+	gone := scaleSnap(999, 2)
+	gone.Changed.Insert(proxiertest.ServiceName(999))
+	mustSync(t, p, gone)
+	inputs = f.Restores()
+	if got := strings.Count(string(inputs[len(inputs)-1]), "-A KUBE-SERVICES -m comment --comment \"scale/"); got != 999 {
+		t.Errorf("after a service was removed KUBE-SERVICES got %d service rules, want 999", got)
+	}
+	assertSameState(t, string(f.SaveAll()), freshState(t, testOptions(), gone))
 }
 
 func sameSet(a, b []string) bool {

@@ -13,6 +13,8 @@ type Ruleset struct {
 	NoLocalEndpoints map[string]int
 
 	localhostGuard bool
+	// skipDispatch: KUBE-SERVICES and KUBE-NODEPORTS are as the kernel has them.
+	skipDispatch bool
 	filter         ruleBuf // filter rules (chain lines are fixed)
 	natStatic      ruleBuf // KUBE-POSTROUTING and KUBE-MARK-MASQ rules
 	natServices    ruleBuf // KUBE-SERVICES rules
@@ -37,7 +39,20 @@ func (rs *Ruleset) reset(full bool) {
 	}
 	rs.spans = rs.spans[:0]
 	rs.natTotal = 0
+	rs.skipDispatch = false
 }
+
+// Changes reports whether the inputs would change the kernel: a partial sync
+// that writes no service, removes no chain and leaves the dispatch chains would
+// only rewrite the static rules as they are (the empty family of a
+// single-stack node, a periodic sync with nothing new).
+func (rs *Ruleset) Changes() bool {
+	return rs.Full || len(rs.spans) > 0 || len(rs.Stale) > 0 || !rs.skipDispatch
+}
+
+// DispatchWritten reports whether the inputs rewrite KUBE-SERVICES and
+// KUBE-NODEPORTS; a partial sync that changed none of their rules leaves them.
+func (rs *Ruleset) DispatchWritten() bool { return !rs.skipDispatch }
 
 // endService closes the current service's part of the per-service buffers.
 func (rs *Ruleset) endService() {
@@ -69,7 +84,11 @@ func (rs *Ruleset) FilterRules() int { return rs.filter.rules }
 
 // NATRules is the number of nat rules written by this sync.
 func (rs *Ruleset) NATRules() int {
-	return rs.natStatic.rules + rs.natServices.rules + rs.natNodePorts.rules + rs.svcRules.rules
+	n := rs.natStatic.rules + rs.svcRules.rules
+	if !rs.skipDispatch {
+		n += rs.natServices.rules + rs.natNodePorts.rules
+	}
+	return n
 }
 
 // NATRulesTotal is the number of nat rules of ours in the kernel after this
@@ -148,7 +167,8 @@ func (rs *Ruleset) appendFilter(out []byte) []byte {
 // removal if dispatch.
 func (rs *Ruleset) appendNAT(out []byte, from, to int, static, dispatch bool) []byte {
 	out = append(out, "*nat\n"...)
-	if dispatch {
+	writeDispatch := dispatch && !rs.skipDispatch
+	if writeDispatch {
 		out = append(out, ":"+chainServices+" - [0:0]\n:"+chainNodePorts+" - [0:0]\n"...)
 	}
 	if static {
@@ -168,9 +188,11 @@ func (rs *Ruleset) appendNAT(out []byte, from, to int, static, dispatch bool) []
 		out = append(out, rs.natStatic.b...)
 	}
 	out = append(out, rs.svcRules.b[rulesFrom:rulesTo]...)
-	if dispatch {
+	if writeDispatch {
 		out = append(out, rs.natServices.b...)
 		out = append(out, rs.natNodePorts.b...)
+	}
+	if dispatch {
 		for _, c := range rs.Stale {
 			out = append(out, "-X "...)
 			out = append(out, c...)

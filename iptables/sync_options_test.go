@@ -81,7 +81,8 @@ func TestCanaryCheckPeriod(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk.Step(10 * time.Second)
-	if res := mustSync(t, p, proxiertest.WithChanged(snap)); res.Full || res.KernelCalls != 1 {
+	// Nothing changed and no check due: not even a restore.
+	if res := mustSync(t, p, proxiertest.WithChanged(snap)); res.Full || res.KernelCalls != 0 {
 		t.Errorf("sync 10s after a check: Full %v, %d kernel calls; want a partial sync without checks", res.Full, res.KernelCalls)
 	}
 	clk.Step(21 * time.Second)
@@ -104,6 +105,53 @@ func TestChangedMissingAServiceFallsBackToFullBuild(t *testing.T) {
 	next.Changed.Clear()
 	if res := mustSync(t, p, next); !res.Full {
 		t.Errorf("sync did not fall back to a full build")
+	}
+	assertSameState(t, string(f.SaveAll()), freshState(t, testOptions(), next))
+}
+
+// An empty family (IPv6 on a single-stack node) and a sync with nothing new write
+// nothing after the first sync; a change still does.
+func TestNothingToWriteSparesTheRestore(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		snap *proxier.Snapshot
+	}{
+		{"empty family", testSnap(v1.IPv6Protocol)},
+		{"nothing changed", testSnap(v1.IPv4Protocol, testSvc("ns/a", clusterIP("198.51.100.1")), testEP("203.0.113.70:80"))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFake(tc.snap.Family)
+			p := NewProxier(f, testOptions())
+			if res := mustSync(t, p, tc.snap); !res.Full || res.KernelCalls == 0 {
+				t.Fatalf("first sync: Full %v, %d kernel calls; want a full restore", res.Full, res.KernelCalls)
+			}
+			before := len(f.Restores())
+			for i := 0; i < 3; i++ {
+				// (The kernel calls left are the canary checks.)
+				if res := mustSync(t, p, proxiertest.WithChanged(tc.snap)); res.Full || res.Bytes != 0 {
+					t.Errorf("sync %d with nothing new: Full %v, %d bytes restored; want nothing", i+2, res.Full, res.Bytes)
+				}
+			}
+			if got := len(f.Restores()); got != before {
+				t.Errorf("%d restores after the first sync, want none", got-before)
+			}
+			if lost, err := p.Verify(); lost || err != nil {
+				t.Errorf("Verify: lost %v, %v", lost, err)
+			}
+		})
+	}
+	// A change after skipped syncs is written.
+	a := testSvc("ns/a", clusterIP("198.51.100.1"))
+	snap := testSnap(v1.IPv4Protocol, a, testEP("203.0.113.70:80"))
+	f := NewFake(v1.IPv4Protocol)
+	p := NewProxier(f, testOptions())
+	mustSync(t, p, snap)
+	mustSync(t, p, proxiertest.WithChanged(snap))
+	next := testSnap(v1.IPv4Protocol, a, testEP("203.0.113.71:80"))
+	next.Changed.Insert(a.Name)
+	before := len(f.Restores())
+	if res := mustSync(t, p, next); res.Bytes == 0 || len(f.Restores()) != before+1 {
+		t.Errorf("endpoint change after a skipped sync: %d bytes in %d restores, want one restore", res.Bytes, len(f.Restores())-before)
 	}
 	assertSameState(t, string(f.SaveAll()), freshState(t, testOptions(), next))
 }
