@@ -41,8 +41,8 @@ type Builder struct {
 	// the kernel holds them after the last committed sync.
 	committedSvc, committedNP []byte
 	active                    map[string]struct{}
-	rs          Ruleset
-	scratch     dispatchBufs
+	rs                        Ruleset
+	scratch                   dispatchBufs
 }
 
 // svcEntry is the builder's memory of one ServicePort.

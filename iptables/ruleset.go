@@ -15,12 +15,12 @@ type Ruleset struct {
 	localhostGuard bool
 	// skipDispatch: KUBE-SERVICES and KUBE-NODEPORTS are as the kernel has them.
 	skipDispatch bool
-	filter         ruleBuf // filter rules (chain lines are fixed)
-	natStatic      ruleBuf // KUBE-POSTROUTING and KUBE-MARK-MASQ rules
-	natServices    ruleBuf // KUBE-SERVICES rules
-	natNodePorts   ruleBuf // KUBE-NODEPORTS rules
-	svcChains      ruleBuf // chain lines of the per-service chains written
-	svcRules       ruleBuf // rules of the per-service chains written
+	filter       ruleBuf // filter rules (chain lines are fixed)
+	natStatic    ruleBuf // KUBE-POSTROUTING and KUBE-MARK-MASQ rules
+	natServices  ruleBuf // KUBE-SERVICES rules
+	natNodePorts ruleBuf // KUBE-NODEPORTS rules
+	svcChains    ruleBuf // chain lines of the per-service chains written
+	svcRules     ruleBuf // rules of the per-service chains written
 	// spans ends each written service's part of svcChains and svcRules.
 	spans []svcSpan
 	// natTotal counts the nat rules in the kernel after this sync.
