@@ -50,12 +50,12 @@ type Result struct {
 	CPU, ChildCPU        float64
 	FullBytes, PartBytes float64
 	BytesOK              bool
-	FullSync, PartSync   float64 // mean seconds (metrics), 0 when unknown
-	NATRules             int     // lines in iptables-save -t nat after the cold start
-	VirtualServers       int     // IPVS mode: virtual servers after the cold start
-	ColdCalls            float64 // IPVS mode: kernel calls until the cold start was done
-	AddCalls             float64 // IPVS mode: kernel calls per sync during the single adds
-	AddSync              float64 // IPVS mode: mean sync duration (metric) after the single adds
+	FullSync, PartSync   float64   // mean seconds (metrics), 0 when unknown
+	NATRules             int       // lines in iptables-save -t nat after the cold start
+	VirtualServers       int       // IPVS mode: virtual servers after the cold start
+	ColdCalls            float64   // IPVS mode: kernel calls until the cold start was done
+	AddCalls             []float64 // IPVS mode: kernel calls of each single add's sync
+	AddSync              float64   // IPVS mode: mean sync duration (metric) after the single adds
 	FloorOne, FloorFed   floorResult
 	Errors               []string
 }

@@ -56,11 +56,11 @@ func (h *Harness) waitMark(m *meter, backend string, mk mark, timeout time.Durat
 func (h *Harness) singleAdds(tb testing.TB, m *meter, res *Result) {
 	ctx := context.Background()
 	others := max(1, h.objs.n-1)
-	calls0, syncs0 := m.kernelCalls()
 	for r := range h.cfg.Adds {
 		// Past the proxy's 1 s minimum sync period, so each change syncs at once.
 		time.Sleep(1100 * time.Millisecond)
 		i := (r*7919 + 1) % others
+		calls0, syncs0 := m.kernelCalls()
 		mk, sent, err := h.objs.addEndpoint(ctx, i)
 		if err != nil {
 			res.errorf("add endpoint: %v", err)
@@ -72,6 +72,19 @@ func (h *Harness) singleAdds(tb testing.TB, m *meter, res *Result) {
 			continue
 		}
 		res.AddLatencies = append(res.AddLatencies, seen.Sub(sent))
+		if h.cfg.Mode == "ipvs" {
+			// The sync's calls, when it was the only sync in between (a periodic full
+			// resync may coincide): the counters move when the sync ends.
+			for range 50 {
+				if calls1, syncs1 := m.kernelCalls(); syncs1 > syncs0 {
+					if syncs1 == syncs0+1 {
+						res.AddCalls = append(res.AddCalls, calls1-calls0)
+					}
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
 		if r == 0 {
 			if text, err := m.metrics(); err == nil {
 				res.PartBytes, _ = bed.MetricValue(text, "svcproxy_sync_proxy_rules_restore_bytes", ipv4)
@@ -80,12 +93,6 @@ func (h *Harness) singleAdds(tb testing.TB, m *meter, res *Result) {
 	}
 	if text, err := m.metrics(); err == nil {
 		res.PartSync, _ = histMean(text, "kubeproxy_sync_partial_proxy_rules_duration_seconds", ipv4)
-		if h.cfg.Mode == "ipvs" {
-			res.AddSync, _ = histMean(text, "kubeproxy_sync_proxy_rules_duration_seconds", ipv4)
-		}
-	}
-	if calls1, syncs1 := m.kernelCalls(); syncs1 > syncs0 && calls1 > 0 {
-		res.AddCalls = (calls1 - calls0) / (syncs1 - syncs0)
 	}
 	h.cfg.Logf("[%s run %d] single adds: median %v p95 %v", res.Backend, res.Run,
 		percentile(res.AddLatencies, 0.5).Round(time.Millisecond), percentile(res.AddLatencies, 0.95).Round(time.Millisecond))
