@@ -55,7 +55,6 @@ type Result struct {
 	VirtualServers       int       // IPVS mode: virtual servers after the cold start
 	ColdCalls            float64   // IPVS mode: kernel calls until the cold start was done
 	AddCalls             []float64 // IPVS mode: kernel calls of each single add's sync
-	AddSync              float64   // IPVS mode: mean sync duration (metric) after the single adds
 	FloorOne, FloorFed   floorResult
 	Errors               []string
 }

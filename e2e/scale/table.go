@@ -31,7 +31,6 @@ var rows = []row{
 	{"partial sync (metric mean)", func(r Result) (float64, bool) { return r.PartSync, r.PartSync > 0 }, "ms"},
 	{"bytes to iptables-restore, one-endpoint sync", func(r Result) (float64, bool) { return r.PartBytes / 1e3, r.PartBytes > 0 }, "kB"},
 	{"kernel calls of a one-endpoint sync, median", func(r Result) (float64, bool) { return median(r.AddCalls) }, ""},
-	{"sync duration (metric mean, after the adds)", func(r Result) (float64, bool) { return r.AddSync, r.AddSync > 0 }, "ms"},
 	{"churn: updates sent per second", func(r Result) (float64, bool) { return r.churnRate(), r.ChurnSent > 0 }, ""},
 	{"churn: sync lag median (sampled)", func(r Result) (float64, bool) { return dur(percentile(r.ChurnLags, 0.5)) }, "ms"},
 	{"churn: sync lag p95 (sampled)", func(r Result) (float64, bool) { return dur(percentile(r.ChurnLags, 0.95)) }, "ms"},
