@@ -71,6 +71,24 @@ func (p *Proxier) ForceFullSync() {
 	p.needFull = true
 }
 
+// Verify implements proxier.Verifier: when the kernel's virtual servers are not
+// those of the last sync (`ipvsadm -D`, another proxy), it makes the next sync a
+// full one and asks for it. One netlink dump per call.
+func (p *Proxier) Verify() (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.needFull {
+		return true, nil
+	}
+	drifted, err := p.rec.Drifted()
+	if err != nil || !drifted {
+		return false, err
+	}
+	klog.InfoS("IPVS virtual servers changed outside svcproxy; resyncing", "ipFamily", p.k.Family)
+	p.needFull = true
+	return true, nil
+}
+
 // CheckGraceful makes the next Sync check terminating real servers.
 func (p *Proxier) CheckGraceful() {
 	p.mu.Lock()

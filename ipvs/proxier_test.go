@@ -35,6 +35,59 @@ func TestSyncFullResyncPeriodRereadsKernel(t *testing.T) {
 	}
 }
 
+func TestVerifyNoticesVirtualServerDrift(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		drift func(f *fakeKernel)
+		want  bool
+	}{
+		{"nothing changed", func(*fakeKernel) {}, false},
+		{"virtual server deleted", func(f *fakeKernel) {
+			f.ipvs.DeleteVirtualServer(vsKey("198.51.100.10:80", v1.ProtocolTCP))
+		}, true},
+		{"virtual server added", func(f *fakeKernel) {
+			f.ipvs.AddVirtualServer(VirtualServer{VSKey: vsKey("198.51.100.99:80", v1.ProtocolTCP), Scheduler: "rr"})
+		}, true},
+		{"scheduler changed", func(f *fakeKernel) {
+			f.ipvs.UpdateVirtualServer(VirtualServer{VSKey: vsKey("198.51.100.10:80", v1.ProtocolTCP), Scheduler: "wlc"})
+		}, true},
+		{"another family's or an excluded server added", func(f *fakeKernel) {
+			f.ipvs.AddVirtualServer(VirtualServer{VSKey: vsKey("[2001:db8::1]:80", v1.ProtocolTCP), Scheduler: "rr"})
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeKernel()
+			p := newTestProxier(f, DefaultOptions())
+			// Before the first sync a full one is due anyway.
+			if need, err := p.Verify(); !need || err != nil {
+				t.Fatalf("Verify before the first sync: %v, %v", need, err)
+			}
+			snap := webSnap(ep("203.0.113.1:8080"))
+			mustSync(t, p, snap)
+			tc.drift(f)
+			f.reset()
+			drifted, err := p.Verify()
+			if err != nil || drifted != tc.want {
+				t.Fatalf("Verify = %v, %v; want %v", drifted, err, tc.want)
+			}
+			if calls := f.ipvs.Calls(); len(calls) != 1 {
+				t.Errorf("Verify made calls %v, want one list", calls)
+			}
+			// The sync Verify asks for repairs the kernel, without waiting for the period.
+			res := mustSync(t, p, snap)
+			if res.Full != tc.want {
+				t.Errorf("sync after Verify: full %v, want %v", res.Full, tc.want)
+			}
+			if got := f.ipvs.State(); len(got) != 1 && tc.want {
+				t.Errorf("after the resync the kernel holds %v", got)
+			}
+			if drifted, err := p.Verify(); drifted || err != nil {
+				t.Errorf("Verify after the resync: %v, %v", drifted, err)
+			}
+		})
+	}
+}
+
 func TestCleanup(t *testing.T) {
 	f := newFakeKernel()
 	p := newTestProxier(f, DefaultOptions())

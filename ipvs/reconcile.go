@@ -193,6 +193,32 @@ func (r *Reconciler) Reconcile(ds *DesiredState, full bool) error {
 	return errors.Join(errs...)
 }
 
+// Drifted lists the kernel's virtual servers (one dump) and reports whether they
+// differ from what the reconciler left: one deleted, added or reconfigured by
+// another program. Real servers, addresses and ipsets are re-read by the full
+// resyncs only; this check is cheap enough for every sync period.
+func (r *Reconciler) Drifted() (bool, error) {
+	if !r.loaded {
+		return false, nil
+	}
+	vss, err := r.k.IPVS.ListVirtualServers()
+	if err != nil {
+		return false, fmt.Errorf("list virtual servers: %w", err)
+	}
+	n := 0
+	for _, vs := range vss {
+		if !r.ours(vs.Address) {
+			continue
+		}
+		kv := r.known[vs.VSKey]
+		if kv == nil || !kv.vs.sameConfig(vs) {
+			return true, nil
+		}
+		n++
+	}
+	return n != len(r.known), nil
+}
+
 // CheckGraceful makes the next Reconcile check terminating real servers
 // whatever the check period.
 func (r *Reconciler) CheckGraceful() { r.forceGraceful = true }

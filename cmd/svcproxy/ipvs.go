@@ -40,9 +40,11 @@ func ipvsOptions(cfg *v1alpha1.KubeProxyConfiguration, npa *proxier.NodePortAddr
 	opts.MasqueradeRandomFully = true
 	opts.NodePortAddresses = npa
 	opts.LocalDetector = detector
-	// kube-proxy reads the IPVS table back every sync period, so a virtual
-	// server deleted by hand comes back within it.
-	opts.FullResyncPeriod = cfg.IPVS.SyncPeriod.Duration
+	// kube-proxy reads the whole IPVS table back every sync period. Here the
+	// verify loop lists the virtual servers every sync period (one dump), so a
+	// virtual server deleted by hand still comes back within it, and the whole
+	// kernel state is re-read every ipvs.DefaultFullResyncPeriod: at 10k services
+	// a full re-read takes most of a 30 s period (BENCHMARKS.md).
 	return opts, nil
 }
 
