@@ -274,9 +274,13 @@ func (p *Proxier) Sync(snap *proxier.Snapshot) (proxier.SyncResult, error) {
 	fam := string(p.family)
 	metrics.IPTablesRulesTotal.WithLabelValues(fam, "nat").Set(float64(rs.NATRulesTotal()))
 	metrics.IPTablesRulesTotal.WithLabelValues(fam, "filter").Set(float64(rs.FilterRules()))
-	metrics.IPTablesRulesLastSync.WithLabelValues(fam, "nat").Set(float64(res.Rules["nat"]))
-	metrics.IPTablesRulesLastSync.WithLabelValues(fam, "filter").Set(float64(res.Rules["filter"]))
-	metrics.SyncRestoreBytes.WithLabelValues(fam).Set(float64(res.Bytes))
+	// The last-sync gauges describe the last restore: a sync that needed none
+	// leaves them.
+	if rs.Changes() {
+		metrics.IPTablesRulesLastSync.WithLabelValues(fam, "nat").Set(float64(res.Rules["nat"]))
+		metrics.IPTablesRulesLastSync.WithLabelValues(fam, "filter").Set(float64(res.Rules["filter"]))
+		metrics.SyncRestoreBytes.WithLabelValues(fam).Set(float64(res.Bytes))
+	}
 	klog.V(2).InfoS("Synced iptables rules", "ipFamily", p.family, "full", rs.Full,
 		"services", len(snap.Services), "servicesWritten", rs.ServicesWritten(), "staleChains", len(rs.Stale),
 		"natRules", res.Rules["nat"], "filterRules", res.Rules["filter"], "bytes", res.Bytes, "commitBlocks", rs.InputCount(p.opts.BatchServices))

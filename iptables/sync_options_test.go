@@ -7,6 +7,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/svcproxy/svcproxy/metrics"
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
@@ -126,6 +127,8 @@ func TestNothingToWriteSparesTheRestore(t *testing.T) {
 				t.Fatalf("first sync: Full %v, %d kernel calls; want a full restore", res.Full, res.KernelCalls)
 			}
 			before := len(f.Restores())
+			fam := string(tc.snap.Family)
+			lastNAT := gaugeValue(t, metrics.IPTablesRulesLastSync, fam, "nat")
 			for i := 0; i < 3; i++ {
 				// (The kernel calls left are the canary checks.)
 				if res := mustSync(t, p, proxiertest.WithChanged(tc.snap)); res.Full || res.Bytes != 0 {
@@ -134,6 +137,10 @@ func TestNothingToWriteSparesTheRestore(t *testing.T) {
 			}
 			if got := len(f.Restores()); got != before {
 				t.Errorf("%d restores after the first sync, want none", got-before)
+			}
+			// The last-sync gauge still describes the last restore.
+			if got := gaugeValue(t, metrics.IPTablesRulesLastSync, fam, "nat"); got != lastNAT || got == 0 {
+				t.Errorf("sync_proxy_rules_iptables_last{nat} = %v after syncs without restore, want %v (> 0)", got, lastNAT)
 			}
 			if lost, err := p.Verify(); lost || err != nil {
 				t.Errorf("Verify: lost %v, %v", lost, err)
