@@ -37,12 +37,13 @@ type Builder struct {
 	uncommitted bool
 	committed   bool // a build was committed: the kernel has our chains
 	removed     []*svcEntry
-	// committedSvc and committedNP are KUBE-SERVICES' and KUBE-NODEPORTS' rules as
-	// the kernel holds them after the last committed sync.
-	committedSvc, committedNP []byte
-	active                    map[string]struct{}
-	rs                        Ruleset
-	scratch                   dispatchBufs
+	// committedSvc, committedNP and committedFilter are nat KUBE-SERVICES' and
+	// KUBE-NODEPORTS' rules and the filter rules as the kernel holds them after the
+	// last committed sync.
+	committedSvc, committedNP, committedFilter []byte
+	active                                     map[string]struct{}
+	rs                                         Ruleset
+	scratch                                    dispatchBufs
 }
 
 // svcEntry is the builder's memory of one ServicePort.
@@ -161,6 +162,9 @@ func (b *Builder) Build(snap *proxier.Snapshot, in BuildInput) *Ruleset {
 	rs.skipDispatch = !full &&
 		bytes.Equal(rs.natServices.b, b.committedSvc) && bytes.Equal(rs.natNodePorts.b, b.committedNP)
 	b.writeFilterStatic(rs)
+	// A service that goes without chains of its own (one without endpoints has only
+	// a filter REJECT) changes nothing but the filter rules.
+	rs.filterChanged = full || !bytes.Equal(rs.filter.b, b.committedFilter)
 	rs.natTotal += rs.natStatic.rules + rs.natServices.rules + rs.natNodePorts.rules
 	return rs
 }
@@ -274,6 +278,7 @@ func (b *Builder) Commit() {
 		b.committedSvc = append(b.committedSvc[:0], b.rs.natServices.b...)
 		b.committedNP = append(b.committedNP[:0], b.rs.natNodePorts.b...)
 	}
+	b.committedFilter = append(b.committedFilter[:0], b.rs.filter.b...)
 	for _, e := range b.removed {
 		delete(b.svcs, e.name)
 	}

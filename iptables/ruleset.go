@@ -15,12 +15,14 @@ type Ruleset struct {
 	localhostGuard bool
 	// skipDispatch: KUBE-SERVICES and KUBE-NODEPORTS are as the kernel has them.
 	skipDispatch bool
-	filter       ruleBuf // filter rules (chain lines are fixed)
-	natStatic    ruleBuf // KUBE-POSTROUTING and KUBE-MARK-MASQ rules
-	natServices  ruleBuf // KUBE-SERVICES rules
-	natNodePorts ruleBuf // KUBE-NODEPORTS rules
-	svcChains    ruleBuf // chain lines of the per-service chains written
-	svcRules     ruleBuf // rules of the per-service chains written
+	// filterChanged: the filter rules differ from the kernel's.
+	filterChanged bool
+	filter        ruleBuf // filter rules (chain lines are fixed)
+	natStatic     ruleBuf // KUBE-POSTROUTING and KUBE-MARK-MASQ rules
+	natServices   ruleBuf // KUBE-SERVICES rules
+	natNodePorts  ruleBuf // KUBE-NODEPORTS rules
+	svcChains     ruleBuf // chain lines of the per-service chains written
+	svcRules      ruleBuf // rules of the per-service chains written
 	// spans ends each written service's part of svcChains and svcRules.
 	spans []svcSpan
 	// natTotal counts the nat rules in the kernel after this sync.
@@ -39,15 +41,15 @@ func (rs *Ruleset) reset(full bool) {
 	}
 	rs.spans = rs.spans[:0]
 	rs.natTotal = 0
-	rs.skipDispatch = false
+	rs.skipDispatch, rs.filterChanged = false, false
 }
 
 // Changes reports whether the inputs would change the kernel: a partial sync
-// that writes no service, removes no chain and leaves the dispatch chains would
-// only rewrite the static rules as they are (the empty family of a
-// single-stack node, a periodic sync with nothing new).
+// that writes no service, removes no chain, leaves the dispatch chains and has
+// the filter rules the kernel has would only rewrite what is there (the empty
+// family of a single-stack node, a periodic sync with nothing new).
 func (rs *Ruleset) Changes() bool {
-	return rs.Full || len(rs.spans) > 0 || len(rs.Stale) > 0 || !rs.skipDispatch
+	return rs.Full || len(rs.spans) > 0 || len(rs.Stale) > 0 || !rs.skipDispatch || rs.filterChanged
 }
 
 // DispatchWritten reports whether the inputs rewrite KUBE-SERVICES and

@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -160,5 +161,23 @@ func TestNothingToWriteSparesTheRestore(t *testing.T) {
 	if res := mustSync(t, p, next); res.Bytes == 0 || len(f.Restores()) != before+1 {
 		t.Errorf("endpoint change after a skipped sync: %d bytes in %d restores, want one restore", res.Bytes, len(f.Restores())-before)
 	}
+	assertSameState(t, string(f.SaveAll()), freshState(t, testOptions(), next))
+}
+
+// A service without endpoints has no chains of its own, only a filter REJECT rule:
+// removing it changes the filter table alone, and that must still be written.
+func TestRemovedServiceWithoutEndpointsLeavesNoReject(t *testing.T) {
+	a := testSvc("ns/a", clusterIP("198.51.100.1"))
+	b := testSvc("ns/b", clusterIP("198.51.100.2"))
+	f := NewFake(v1.IPv4Protocol)
+	p := NewProxier(f, testOptions())
+	mustSync(t, p, testSnap(v1.IPv4Protocol, a, testEP("203.0.113.70:80"), b))
+	if !strings.Contains(f.Dump(TableFilter), "-d 198.51.100.2 ") {
+		t.Fatalf("no REJECT for ns/b:\n%s", f.Dump(TableFilter))
+	}
+	next := testSnap(v1.IPv4Protocol, a, testEP("203.0.113.70:80"))
+	next.Changed.Clear()
+	next.Changed.Insert(b.Name)
+	mustSync(t, p, next)
 	assertSameState(t, string(f.SaveAll()), freshState(t, testOptions(), next))
 }
