@@ -262,9 +262,16 @@ func ctEndpointSwap(t *testing.T, e *Env, protocol string) {
 	ctWaitReplies(t, s, first, repl.Name, ctAfterSwap, 2*ctAfterSwap*ctInterval+5*time.Second)
 	s.Stop()
 	after := s.after(first)
-	if sum := ctSummary(after); sum[repl.Name] != len(after) {
-		t.Errorf("after the first reply from %s, the stream got %v over %d sends, want all from %s\n%s",
-			repl.Name, sum, len(after), repl.Name, ctFlows(client.Node, protocol, ip))
+	// UDP: every send answered by the new pod. SCTP: a new association may still
+	// lose a few answers to the emulated VM's pace (a reply later than the send
+	// interval counts as none); up to one reopen's worth, and never the old pod.
+	late := 0
+	if protocol == "SCTP" {
+		late = ctReopenAfter
+	}
+	if sum := ctSummary(after); sum[repl.Name]+sum["none"] != len(after) || sum["none"] > late {
+		t.Errorf("after the first reply from %s, the stream got %v over %d sends, want all from %s (at most %d unanswered)\n%s",
+			repl.Name, sum, len(after), repl.Name, late, ctFlows(client.Node, protocol, ip))
 	}
 	if n := ctSummary(s.after(programmed))[old.Name]; n > 0 {
 		t.Logf("%d replies from %s after Programmed (the sync Programmed saw may predate the swap)", n, old.Name)
