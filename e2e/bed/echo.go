@@ -109,7 +109,11 @@ func (n *Namespace) HTTPGet(target string, timeout time.Duration) (Answer, error
 func getAnswer(dial func(ctx context.Context, network, addr string) (net.Conn, error), target string, timeout time.Duration) (Answer, error) {
 	tr := &http.Transport{DialContext: dial, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: timeout}
+	return answerOver(&http.Client{Transport: tr, Timeout: timeout}, target)
+}
+
+// answerOver sends one GET to target through c and decodes the echo answer.
+func answerOver(c *http.Client, target string) (Answer, error) {
 	resp, err := c.Get("http://" + target + "/")
 	if err != nil {
 		return Answer{}, err
@@ -129,18 +133,41 @@ func getAnswer(dial func(ctx context.Context, network, addr string) (net.Conn, e
 // instead of a FIN: no TIME_WAIT is left on the path, so the connection-tracking
 // tables (conntrack, IPVS) forget it within seconds.
 func (n *Namespace) HTTPGetReset(target string, timeout time.Duration) (Answer, error) {
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := n.DialContext(ctx, network, addr)
-		if tc, ok := c.(*net.TCPConn); ok {
-			if lerr := tc.SetLinger(0); lerr != nil {
-				c.Close()
-				return nil, fmt.Errorf("set SO_LINGER 0: %w", lerr)
-			}
-		}
-		return c, err
-	}
-	return getAnswer(dial, target, timeout)
+	return getAnswer(n.dialReset, target, timeout)
 }
+
+// dialReset connects from inside the namespace with SO_LINGER 0, so closing the
+// connection sends a RST.
+func (n *Namespace) dialReset(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := n.DialContext(ctx, network, addr)
+	if tc, ok := c.(*net.TCPConn); ok {
+		if lerr := tc.SetLinger(0); lerr != nil {
+			c.Close()
+			return nil, fmt.Errorf("set SO_LINGER 0: %w", lerr)
+		}
+	}
+	return c, err
+}
+
+// KeptConn sends HTTP requests from a namespace over one TCP connection (keep-alive),
+// which Close ends with a RST.
+type KeptConn struct {
+	tr     *http.Transport
+	client *http.Client
+	target string
+}
+
+// KeptConn opens no connection yet: the first Get does.
+func (n *Namespace) KeptConn(target string) *KeptConn {
+	tr := &http.Transport{DialContext: n.dialReset, MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1, IdleConnTimeout: time.Minute}
+	return &KeptConn{tr: tr, client: &http.Client{Transport: tr, Timeout: RequestTimeout}, target: target}
+}
+
+// Get sends one request over the kept connection and decodes the echo answer.
+func (k *KeptConn) Get() (Answer, error) { return answerOver(k.client, k.target) }
+
+// Close ends the connection.
+func (k *KeptConn) Close() { k.tr.CloseIdleConnections() }
 
 // UDPRequest sends one datagram from a new socket and waits for the echo answer.
 func (n *Namespace) UDPRequest(target string, timeout time.Duration) (Answer, error) {

@@ -82,15 +82,14 @@ type ctStream struct {
 // unanswered sends.
 func ctStartStream(t *testing.T, ns *bed.Namespace, protocol, ip string) *ctStream {
 	t.Helper()
-	open := func() (ctFlow, error) { return sctpDial(ns, ip, 80, bed.RequestTimeout) }
 	if protocol == "UDP" {
 		conn, err := ns.Dial("udp", epAddr(ip, 80), bed.RequestTimeout)
 		if err != nil {
 			t.Fatalf("udp socket to %s: %v", epAddr(ip, 80), err)
 		}
-		open = nil
-		return ctRunStream(t, udpFlow{conn}, open)
+		return ctRunStream(t, udpFlow{conn}, nil)
 	}
+	open := func() (ctFlow, error) { return sctpDial(ns, ip, 80, bed.RequestTimeout) }
 	f, err := open()
 	if err != nil {
 		t.Fatalf("first %s flow: %v", protocol, err)

@@ -1,11 +1,6 @@
 package datapath
 
 import (
-	"context"
-	"encoding/json"
-	"fmt"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -29,41 +24,6 @@ const (
 	gracefulRequests = 10
 )
 
-// keptConn is an HTTP client that sends every request over one TCP connection, which
-// it ends with a RST.
-type keptConn struct {
-	tr     *http.Transport
-	client *http.Client
-	target string
-}
-
-func newKeptConn(ns *bed.Namespace, target string) *keptConn {
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := ns.DialContext(ctx, network, addr)
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0)
-		}
-		return c, err
-	}
-	tr := &http.Transport{DialContext: dial, MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1, IdleConnTimeout: time.Minute}
-	return &keptConn{tr: tr, client: &http.Client{Transport: tr, Timeout: bed.RequestTimeout}, target: target}
-}
-
-func (k *keptConn) get() (bed.Answer, error) {
-	var a bed.Answer
-	resp, err := k.client.Get("http://" + k.target + "/")
-	if err != nil {
-		return a, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return a, fmt.Errorf("status %d", resp.StatusCode)
-	}
-	return a, json.NewDecoder(resp.Body).Decode(&a)
-}
-
-func (k *keptConn) Close() { k.tr.CloseIdleConnections() }
-
 func testGracefulTermination(t *testing.T, e *Env) {
 	c := e.C
 	a := c.AddPod(t, c.Node("node2"), "graceful-a")
@@ -74,9 +34,9 @@ func testGracefulTermination(t *testing.T, e *Env) {
 	epApply(t, e, epService(e, "graceful", "TCP", ip, nil, epEndpoint(a), epEndpoint(b))...)
 	epWaitFirst(t, "first answer via "+target, epFirstAnswerTimeout, epHTTP(client.NS, target), a, b)
 
-	kept := newKeptConn(client.NS, target)
+	kept := client.NS.KeptConn(target)
 	t.Cleanup(kept.Close)
-	first, err := kept.get()
+	first, err := kept.Get()
 	if err != nil {
 		t.Fatalf("first request over the kept connection: %v", err)
 	}
@@ -92,7 +52,7 @@ func testGracefulTermination(t *testing.T, e *Env) {
 
 	// The kept connection still works, on the same pod and the same source port.
 	for i := 0; i < gracefulRequests; i++ {
-		ans, err := kept.get()
+		ans, err := kept.Get()
 		switch {
 		case err != nil:
 			t.Fatalf("request %d over the kept connection after the removal: %v", i+1, err)
