@@ -28,6 +28,7 @@ type Config struct {
 	ColdTimeout         time.Duration
 	FloorTimeout        time.Duration // 0 skips the iptables-restore floor
 	ProfileDir          string        // CPU profiles of the cold start and churn when set
+	CurveStep           time.Duration // when set: VmRSS, CPU and lag per window of the churn
 	ExtraArgs           []string
 	OnResult            func(all []Result) // after each run, e.g. to write the table so far
 	Logf                func(format string, args ...any)
@@ -43,7 +44,8 @@ type Result struct {
 	ChurnLags            []time.Duration
 	ChurnSent            int
 	ChurnSuperseded      int
-	NPL50, NPL95         float64 // network programming latency over the churn (metric)
+	Curve                []curvePoint // per CurveStep of the churn
+	NPL50, NPL95         float64      // network programming latency over the churn (metric)
 	NPLOK                bool
 	ChurnCPU, ChurnKids  float64
 	PeakRSS              uint64

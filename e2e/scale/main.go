@@ -39,6 +39,7 @@ func main() {
 	flag.IntVar(&cfg.Workers, "workers", 32, "concurrent apiserver writers")
 	flag.DurationVar(&cfg.ColdTimeout, "cold-timeout", 20*time.Minute, "bound of the cold start")
 	flag.DurationVar(&cfg.FloorTimeout, "floor-timeout", 3*time.Minute, "bound of each iptables-restore floor measurement (0 skips it)")
+	flag.DurationVar(&cfg.CurveStep, "curve", 0, "report VmRSS, CPU and sync lag per window of this length during the churn (0: no curve)")
 	flag.StringVar(&cfg.ProfileDir, "profile-dir", "", "save CPU profiles of cold start and churn here")
 	flag.StringVar(&extra, "extra-args", "", "space-separated extra proxy flags")
 	flag.StringVar(&out, "out", "", "also write the Markdown table to this file")

@@ -25,6 +25,7 @@ type procStats struct {
 	CPU      float64 // utime+stime of the proxy, seconds
 	ChildCPU float64 // cutime+cstime: its reaped children (iptables-restore, ...)
 	PeakRSS  uint64  // VmHWM, bytes
+	RSS      uint64  // VmRSS, bytes
 }
 
 func readProc(pid int) (procStats, error) {
@@ -50,9 +51,13 @@ func readProc(pid int) (procStats, error) {
 	defer st.Close()
 	sc := bufio.NewScanner(st)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+		key, v, _ := strings.Cut(sc.Text(), ":")
+		kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch key {
+		case "VmHWM":
 			s.PeakRSS = kb * 1024
+		case "VmRSS":
+			s.RSS = kb * 1024
 		}
 	}
 	return s, sc.Err()

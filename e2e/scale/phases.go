@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,6 +143,11 @@ func (h *Harness) churn(tb testing.TB, m *meter, res *Result) {
 	}
 
 	stop := make(chan struct{})
+	var sent atomic.Int64
+	var cv curve
+	if cfg.CurveStep > 0 {
+		go cv.sample(m.pid, cfg.CurveStep, &sent, stop)
+	}
 	samplerDone := make(chan struct{})
 	go func() {
 		defer close(samplerDone)
@@ -162,11 +168,13 @@ func (h *Harness) churn(tb testing.TB, m *meter, res *Result) {
 				defer mu.Unlock()
 				return lastWrite[u.svc].After(u.sent)
 			}
-			if seen, ok := h.waitMark(m, res.Backend, u.mark, 5*time.Minute, superseded); ok {
+			seen, ok := h.waitMark(m, res.Backend, u.mark, 5*time.Minute, superseded)
+			if ok {
 				res.ChurnLags = append(res.ChurnLags, seen.Sub(u.sent))
 			} else {
 				res.ChurnSuperseded++
 			}
+			cv.lag(seen.Sub(u.sent), ok)
 		}
 	}()
 
@@ -180,6 +188,7 @@ func (h *Harness) churn(tb testing.TB, m *meter, res *Result) {
 			select {
 			case work <- k:
 				k++
+				sent.Store(int64(k))
 			default: // the writers fall behind: the rate is not held, sent says so
 			}
 		}
@@ -192,6 +201,7 @@ func (h *Harness) churn(tb testing.TB, m *meter, res *Result) {
 	time.Sleep(2 * time.Second)
 	close(stop)
 	<-samplerDone
+	res.Curve = cv.result()
 	if ps1, err := readProc(m.pid); err == nil {
 		res.ChurnCPU, res.ChurnKids = ps1.CPU-ps0.CPU, ps1.ChildCPU-ps0.ChildCPU
 	}

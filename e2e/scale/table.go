@@ -103,6 +103,9 @@ func Table(cfg Config, results []Result) string {
 		}
 	}
 	b.WriteString("\n")
+	for _, r := range results {
+		b.WriteString(curveTable(r))
+	}
 	return b.String()
 }
 
