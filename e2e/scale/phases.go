@@ -146,7 +146,15 @@ func (h *Harness) churn(tb testing.TB, m *meter, res *Result) {
 	var sent atomic.Int64
 	var cv curve
 	if cfg.CurveStep > 0 {
-		go cv.sample(m.pid, cfg.CurveStep, &sent, stop)
+		heap := func() float64 {
+			text, err := m.metrics()
+			if err != nil {
+				return 0
+			}
+			v, _ := bed.MetricValue(text, "go_memstats_heap_inuse_bytes")
+			return v
+		}
+		go cv.sample(m.pid, heap, cfg.CurveStep, &sent, stop)
 	}
 	samplerDone := make(chan struct{})
 	go func() {
