@@ -56,6 +56,30 @@ type Node struct {
 	Object    *v1.Node // as stored in the apiserver (API clusters)
 	index     int
 	pods      int
+	api       *forwarder // the node's way to the apiserver (API clusters)
+}
+
+// CutAPI makes the apiserver unreachable from the node, as an outage looks from there:
+// open watches break and new connections are refused. It works for the bed's own
+// apiserver and for an external one (inside the VM), and the apiserver itself stays up
+// for the test's own client.
+func (n *Node) CutAPI(t testing.TB) {
+	t.Helper()
+	if n.api == nil {
+		t.Fatalf("%s has no apiserver link (cluster without API)", n.Name)
+	}
+	n.api.Cut()
+}
+
+// RestoreAPI ends CutAPI.
+func (n *Node) RestoreAPI(t testing.TB) {
+	t.Helper()
+	if n.api == nil {
+		t.Fatalf("%s has no apiserver link (cluster without API)", n.Name)
+	}
+	if err := n.api.Resume(); err != nil {
+		t.Fatalf("restore the apiserver link of %s: %v", n.Name, err)
+	}
 }
 
 // Pod is a pod namespace attached to its node, running an echo server.
@@ -242,6 +266,7 @@ func (c *Cluster) addNode(i int) (*Node, error) {
 			return nil, err
 		}
 		c.closers = append(c.closers, f)
+		n.api = f
 	}
 	return n, nil
 }

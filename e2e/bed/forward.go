@@ -11,21 +11,39 @@ import (
 // forwarder listens on 127.0.0.1:port inside a node namespace and relays each connection
 // to target from the root namespace (127.0.0.1:port there, or an external apiserver's
 // address), so a kubeconfig for the root's apiserver works unchanged (URL and
-// certificate) for a proxy running in the node namespace.
+// certificate) for a proxy running in the node namespace. Cut and Resume make an
+// apiserver outage as the node sees it, whoever started the apiserver.
 type forwarder struct {
-	l     net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]bool
+	ns     *Namespace
+	addr   string
+	target string
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	l      net.Listener // nil while cut
+	conns  map[net.Conn]bool
+	closed bool
 }
 
 func startForwarder(ns *Namespace, port int, target string) (*forwarder, error) {
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	l, err := ns.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("forwarder listen %s in %s: %w", addr, ns.Name, err)
+	f := &forwarder{ns: ns, addr: fmt.Sprintf("127.0.0.1:%d", port), target: target, conns: map[net.Conn]bool{}}
+	if err := f.Resume(); err != nil {
+		return nil, err
 	}
-	f := &forwarder{l: l, conns: map[net.Conn]bool{}}
+	return f, nil
+}
+
+// Resume listens again after Cut (and at start).
+func (f *forwarder) Resume() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || f.l != nil {
+		return nil
+	}
+	l, err := f.ns.Listen("tcp", f.addr)
+	if err != nil {
+		return fmt.Errorf("forwarder listen %s in %s: %w", f.addr, f.ns.Name, err)
+	}
+	f.l = l
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
@@ -35,10 +53,25 @@ func startForwarder(ns *Namespace, port int, target string) (*forwarder, error) 
 				return
 			}
 			f.wg.Add(1)
-			go func() { defer f.wg.Done(); f.relay(in, target) }()
+			go func() { defer f.wg.Done(); f.relay(in, f.target) }()
 		}
 	}()
-	return f, nil
+	return nil
+}
+
+// Cut stops listening and breaks every open relay, as a stopped apiserver does: open
+// watches end, new connections are refused.
+func (f *forwarder) Cut() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.l != nil {
+		f.l.Close()
+		f.l = nil
+	}
+	for c := range f.conns {
+		c.Close()
+		delete(f.conns, c)
+	}
 }
 
 // relay dials from an ordinary goroutine, which runs in the root namespace.
@@ -69,7 +102,7 @@ func (f *forwarder) relay(in net.Conn, target string) {
 func (f *forwarder) track(cs ...net.Conn) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.conns == nil {
+	if f.closed || f.l == nil {
 		for _, c := range cs {
 			c.Close()
 		}
@@ -92,13 +125,10 @@ func (f *forwarder) untrack(cs ...net.Conn) {
 
 // Close stops accepting, cuts open relays and waits for them.
 func (f *forwarder) Close() error {
-	err := f.l.Close()
+	f.Cut()
 	f.mu.Lock()
-	for c := range f.conns {
-		c.Close()
-	}
-	f.conns = nil
+	f.closed = true
 	f.mu.Unlock()
 	f.wg.Wait()
-	return err
+	return nil
 }
