@@ -110,12 +110,8 @@ func TestBadInput(t *testing.T) {
 		api.Apply(t, svc, manyEndpoints, manyPorts)
 		want := maxSliceEndpoints + bigSliceEndpoints
 		bed.Eventually(t, 2*time.Minute, "big's endpoints programmed", func() (bool, string) {
-			out, err := e.node.IPTablesSave(false)
-			if err != nil {
-				return false, err.Error()
-			}
-			n := strings.Count(out, "-j DNAT --to-destination 198.1")
-			return n == want, fmt.Sprintf("%d of %d DNAT rules", n, want)
+			n := endpointEntries(t, e.node, "198.1")
+			return n == want, fmt.Sprintf("%d of %d endpoints", n, want)
 		})
 		requireSameProcess(t, p, pid)
 		t.Logf("proxy RSS %d KiB before the maximal slices, %d KiB after (%d ports × %d endpoints in one slice)",
@@ -162,16 +158,18 @@ func expectOnly(t *testing.T, e *env, target string, pod *bed.Pod) {
 	}
 }
 
-// expectNoRule fails when s appears in the node's IPv4 nat or filter rules.
+// expectNoRule fails when s appears in what the proxy programmed for IPv4 (kernelRules):
+// in a rule of the nat or filter table, or in IPVS mode anywhere in the virtual servers,
+// kube-ipvs0's addresses or the ipsets (s without its "/32").
 func expectNoRule(t *testing.T, e *env, s string) {
 	t.Helper()
-	out, err := e.node.IPTablesSave(false)
-	if err != nil {
-		t.Fatal(err)
+	prefix := "-A "
+	if proxyMode() == "ipvs" {
+		s, prefix = strings.TrimSuffix(s, "/32"), ""
 	}
-	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, "-A ") && strings.Contains(line, s) {
-			t.Errorf("rule programmed for a skipped value %s: %s", s, line)
+	for _, line := range strings.Split(kernelRules(t, e.node), "\n") {
+		if strings.HasPrefix(line, prefix) && strings.Contains(line, s) {
+			t.Errorf("programmed for a skipped value %s: %s", s, line)
 		}
 	}
 }

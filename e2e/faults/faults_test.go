@@ -5,8 +5,10 @@
 // for a proxy.
 //
 // Every test builds its own bed cluster (one node, one client), runs the real svcproxy
-// binary in iptables mode in the node namespace and sends real packets. Tests run one at
-// a time: proxies of every cluster see every Service of the shared apiserver.
+// binary in the node namespace and sends real packets. Tests run one at a time: proxies
+// of every cluster see every Service of the shared apiserver. The mode is iptables on the
+// host; inside the qemu VM (whose kernel has IPVS) e2e/vmdatapath runs the package again
+// with SVCPROXY_FAULTS_MODE=ipvs.
 package faults
 
 import (
@@ -32,7 +34,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(bed.Main(m)) }
 
 const (
-	// syncPeriod is --iptables-sync-period of the proxies whose periodic work a test
+	// syncPeriod is the sync period (syncPeriodArg) of the proxies whose periodic work a test
 	// watches; the proxy reports unhealthy after 2 × syncPeriod of a pending change.
 	syncPeriod = 3 * time.Second
 	// answerTimeout bounds waits for a freshly programmed service to answer.
@@ -64,10 +66,15 @@ func newEnv(t *testing.T, api *bed.APIServer) *env {
 	return e
 }
 
-// proxyArgs are the flags of every proxy here; extra ones are appended.
+// proxyArgs are the flags of every proxy here, in the package's mode; extra ones are
+// appended.
 func proxyArgs(extra ...string) []string {
-	return append([]string{"--proxy-mode=iptables", "--iptables-min-sync-period=200ms"}, extra...)
+	m := proxyMode()
+	return append([]string{"--proxy-mode=" + m, "--" + m + "-min-sync-period=200ms"}, extra...)
 }
+
+// syncPeriodArg sets the mode's sync period to syncPeriod.
+func syncPeriodArg() string { return "--" + proxyMode() + "-sync-period=" + syncPeriod.String() }
 
 // web returns a Service "name" on clusterIP port 80 (targetPort 8080, NodePort when
 // nodePort is not 0; -1 lets the apiserver pick) and its slice with pods as endpoints.

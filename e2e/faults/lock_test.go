@@ -23,6 +23,9 @@ const lockHold = 5 * time.Second
 // the lock is held), does not crash, keeps serving the existing Service, and programs the
 // new one once the lock is free. XTABLES_LOCKFILE points the proxy's tools and the holder
 // at a lock file of this test, so the host's /run/xtables.lock is not involved.
+//
+// In IPVS mode a new Service changes no iptables rule (they match ipsets), so the lock
+// is held while the proxy starts instead, when its first sync must write them.
 func TestXtablesLockHeld(t *testing.T) {
 	bed.RequireRoot(t)
 	if _, err := exec.LookPath("flock"); err != nil {
@@ -33,10 +36,15 @@ func TestXtablesLockHeld(t *testing.T) {
 	lockFile := filepath.Join(t.TempDir(), "xtables.lock")
 	svc, slice := e.web("web", "198.51.100.30", 0, e.pods...)
 	api.Apply(t, svc, slice)
-	p := e.c.StartProxyWith(t, e.node, bed.ProxySpec{
-		Args: proxyArgs("--iptables-sync-period=" + syncPeriod.String()),
+	spec := bed.ProxySpec{
+		Args: proxyArgs(syncPeriodArg()),
 		Env:  []string{"SVCPROXY_IPTABLES_BACKEND=legacy", "XTABLES_LOCKFILE=" + lockFile},
-	})
+	}
+	if proxyMode() == "ipvs" {
+		lockHeldAtStart(t, e, spec, lockFile)
+		return
+	}
+	p := e.c.StartProxyWith(t, e.node, spec)
 	p.WaitHealthy(t)
 	pid := p.PID()
 	target := addr("198.51.100.30", 80)
@@ -58,6 +66,37 @@ func TestXtablesLockHeld(t *testing.T) {
 	}
 	e.waitAnswer(t, addr("198.51.100.31", 80), answerTimeout)
 	l.Stop(t)
+	requireSameProcess(t, p, pid)
+}
+
+// lockHeldAtStart: the proxy starts while another process holds the xtables lock. Its
+// first sync waits for the lock (and, held longer than the tools wait, fails and is
+// retried), the proxy does not crash, and once the lock is free the Service answers. The
+// hold is long enough for the proxy to reach its sync under the VM's emulated CPU: its
+// ipsets, written just before the iptables rules, must appear while the lock is held.
+func lockHeldAtStart(t *testing.T, e *env, spec bed.ProxySpec, lockFile string) {
+	holder := holdLock(t, lockFile, 3*lockHold)
+	p := e.c.StartProxyWith(t, e.node, spec)
+	pid := p.PID()
+	inSync := false
+	for holder.running() {
+		if strings.Contains(legacyNAT(t, e.node), "KUBE-CLUSTER-IP") && holder.running() {
+			t.Fatalf("IPVS-mode rules written while another process held %s: the proxy's tools ignore XTABLES_LOCKFILE or take no lock", lockFile)
+		}
+		if sets, err := e.node.NS.Exec("ipset", "list", "-n"); err == nil && strings.Contains(sets, "KUBE-CLUSTER-IP") {
+			inSync = true
+		}
+		requireSameProcess(t, p, pid)
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !inSync {
+		t.Fatalf("the proxy did not reach its first sync in the %v the lock was held: nothing was tested", 3*lockHold)
+	}
+	p.WaitHealthy(t)
+	e.waitAnswer(t, addr("198.51.100.30", 80), answerTimeout)
+	if rules := legacyNAT(t, e.node); !strings.Contains(rules, "KUBE-CLUSTER-IP") {
+		t.Errorf("IPVS-mode rules not in the legacy nat table after the lock was freed:\n%s", rules)
+	}
 	requireSameProcess(t, p, pid)
 }
 

@@ -56,6 +56,7 @@ func setCounter(t *testing.T, path string, n int) {
 // change has waited 2 × sync period; when the tool works again, the change is programmed
 // and /healthz is 200 again.
 func TestRestoreFailureHealthz(t *testing.T) {
+	onlyMode(t, "iptables", "IPVS mode programs Services over netlink; TestNetlinkFailureHealthz is its counterpart")
 	bed.RequireRoot(t)
 	api := bed.API(t)
 	e := newEnv(t, api)
@@ -63,7 +64,7 @@ func TestRestoreFailureHealthz(t *testing.T) {
 	svc, slice := e.web("web", "198.51.100.20", 0, e.pods...)
 	api.Apply(t, svc, slice)
 	p := e.c.StartProxyWith(t, e.node, bed.ProxySpec{
-		Args: proxyArgs("--iptables-sync-period=" + syncPeriod.String()),
+		Args: proxyArgs(syncPeriodArg()),
 		Env:  []string{"PATH=" + dir + ":" + os.Getenv("PATH"), "SVCPROXY_IPTABLES_BACKEND=nft"},
 	})
 	p.WaitHealthy(t)

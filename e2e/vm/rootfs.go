@@ -32,6 +32,8 @@ var hostTools = []string{
 	"/usr/sbin/conntrack", "/usr/sbin/nft", "/usr/bin/ip", "/usr/bin/ss",
 	// HAProxy is the real load balancer of the LoadBalancerHAProxy scenario.
 	"/usr/sbin/haproxy",
+	// util-linux's flock holds the xtables lock in e2e/faults (busybox has none).
+	"/usr/bin/flock",
 }
 
 // hostDataDirs hold files the tools read at run time (xtables extensions are
@@ -47,9 +49,11 @@ var hostDataFiles = []string{"/etc/protocols", "/etc/services", "/etc/ethertypes
 func buildBase(cache string, k *kernel, logf func(string, ...any)) (string, error) {
 	// Assembling runs ldd ~150 times (seconds under TCG-loaded CPUs); any
 	// package change on the host goes through dpkg, so its status file
-	// stands in for the libraries in a quick first check.
+	// stands in for the libraries in a quick first check; the lists of what
+	// to ship are part of it.
 	quick := &hasher{}
-	quick.add(rootfsFormat, k.pkg, string(initScript), strings.Join(k.preload, ","), strings.Join(k.files, ","))
+	quick.add(rootfsFormat, k.pkg, string(initScript), strings.Join(k.preload, ","), strings.Join(k.files, ","),
+		strings.Join(hostTools, ","), strings.Join(hostDataDirs, ","), strings.Join(hostDataFiles, ","))
 	quick.addFile("/var/lib/dpkg/status")
 	quick.addFile("/usr/bin/busybox")
 	memo := filepath.Join(cache, "initramfs-base-"+quick.sum()+".name")

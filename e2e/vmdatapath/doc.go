@@ -1,5 +1,6 @@
-// Package vmdatapath runs the data-plane scenarios of e2e/datapath inside the qemu VM
-// of e2e/vm, whose kernel has IPVS and SCTP (the host's has neither).
+// Package vmdatapath runs the data-plane scenarios of e2e/datapath, and the fault tests
+// of e2e/faults in IPVS mode, inside the qemu VM of e2e/vm, whose kernel has IPVS and
+// SCTP (the host's has neither). Each package gets its own boot.
 //
 // The host test starts the bed's kube-apiserver, boots the VM with the datapath test
 // binary, svcproxy and a kubeconfig for that apiserver, and fails when any scenario in
