@@ -7,6 +7,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxier"
 )
@@ -78,8 +79,8 @@ func Build(snap *proxier.Snapshot, localAddrs []netip.Addr, opts Options) *Desir
 	for name := range snap.Services {
 		names = append(names, name)
 	}
-	// Sorted, so that when two services claim one address:port the same
-	// one wins every sync.
+	// Sorted, so that the duplicate guard of addVS keeps the same service
+	// every sync.
 	slices.SortFunc(names, func(a, c proxier.ServicePortName) int {
 		return cmp.Or(cmp.Compare(a.Namespace, c.Namespace), cmp.Compare(a.Name, c.Name),
 			cmp.Compare(a.Port, c.Port), cmp.Compare(a.Protocol, c.Protocol))
@@ -154,9 +155,14 @@ func (b *builder) planEndpoints(svc *proxier.ServicePort, eps []*proxier.Endpoin
 }
 
 // addVS adds a virtual server unless another service already claimed its
-// address:port (the first in name order keeps it).
+// address:port. The core already gave each contested ClusterIP, external or
+// load-balancer address to one service (proxier/claims.go), as iptables mode
+// sees it; this guard is only a safety net for what the core does not
+// arbitrate, such as an external IP that is a node IP on a NodePort's port,
+// and keeps the first service in name order.
 func (b *builder) addVS(key VSKey, svc *proxier.ServicePort, eps []*proxier.Endpoint) {
-	if _, dup := b.ds.VirtualServers[key]; dup {
+	if prev, dup := b.ds.VirtualServers[key]; dup {
+		klog.V(4).InfoS("Virtual server already taken by another service", "virtualServer", key.String(), "service", svc.Name, "keptFor", prev.Service)
 		return
 	}
 	vs := &DesiredVS{

@@ -32,6 +32,7 @@ type pendingChange struct {
 type familyState struct {
 	family    v1.IPFamily
 	services  map[types.NamespacedName]servicePorts
+	claims    *claimIndex
 	slices    *endpointSliceCache
 	endpoints map[types.NamespacedName]map[ServicePortName][]*Endpoint
 	node      Node
@@ -56,10 +57,11 @@ type familyState struct {
 	takenNsns map[types.NamespacedName][]ServicePortName
 }
 
-func newFamilyState(family v1.IPFamily, nodeName string) *familyState {
+func newFamilyState(family v1.IPFamily, nodeName string, claims *claimIndex) *familyState {
 	return &familyState{
 		family:        family,
 		services:      map[types.NamespacedName]servicePorts{},
+		claims:        claims,
 		slices:        newEndpointSliceCache(),
 		endpoints:     map[types.NamespacedName]map[ServicePortName][]*Endpoint{},
 		node:          Node{Name: nodeName},
@@ -75,6 +77,12 @@ func newFamilyState(family v1.IPFamily, nodeName string) *familyState {
 // touch marks nsn changed by change gen.
 func (st *familyState) touch(nsn types.NamespacedName, gen uint64, service bool) *pendingChange {
 	st.dirty.Insert(nsn)
+	return st.markPending(nsn, gen, service)
+}
+
+// markPending records that nsn's model changed since the last successful
+// sync, for the next snapshot to compare it with the synced state.
+func (st *familyState) markPending(nsn types.NamespacedName, gen uint64, service bool) *pendingChange {
 	pc := st.pending[nsn]
 	if pc == nil {
 		pc = &pendingChange{}
@@ -92,23 +100,37 @@ func (st *familyState) touch(nsn types.NamespacedName, gen uint64, service bool)
 	return pc
 }
 
-// rebuild brings the flat maps up to date for the dirty services.
-func (st *familyState) rebuild() {
+// rebuild brings the flat maps and the claims up to date for the dirty
+// services. A port whose ServicePort is the same object as before only had
+// its endpoints change and keeps its claims.
+func (st *familyState) rebuild(gen uint64) {
 	for nsn := range st.dirty {
+		ports := st.services[nsn]
 		for _, name := range st.builtNames[nsn] {
-			delete(st.builtServices, name)
+			if old := st.builtServices[name]; ports[name] != old {
+				st.claims.remove(old)
+			}
+			if ports[name] == nil {
+				delete(st.builtServices, name)
+			}
 			delete(st.builtEps, name)
 		}
-		ports := st.services[nsn]
 		if len(ports) == 0 {
 			delete(st.builtNames, nsn)
 			continue
+		}
+		var created time.Time
+		if svc := st.claims.objects[nsn]; svc != nil {
+			created = svc.CreationTimestamp.Time
 		}
 		names := make([]ServicePortName, 0, len(ports))
 		eps := st.endpoints[nsn]
 		for name, sp := range ports {
 			names = append(names, name)
-			st.builtServices[name] = sp
+			if st.builtServices[name] != sp {
+				st.claims.add(sp, created)
+				st.builtServices[name] = sp
+			}
 			// Endpoints of ports the Service does not have are useless to a
 			// data plane, so only ports of existing services get endpoints.
 			if e := eps[name]; len(e) > 0 {
@@ -118,10 +140,11 @@ func (st *familyState) rebuild() {
 		st.builtNames[nsn] = names
 	}
 	clear(st.dirty)
+	st.resolveClaims(gen)
 }
 
 func (st *familyState) snapshot(gen uint64) *Snapshot {
-	st.rebuild()
+	st.rebuild(gen)
 	snap := &Snapshot{
 		Family:         st.family,
 		Services:       maps.Clone(st.builtServices),
@@ -132,6 +155,9 @@ func (st *familyState) snapshot(gen uint64) *Snapshot {
 		StaleServices:  sets.New[ServicePortName](),
 		Removed:        map[ServicePortName]*ServicePort{},
 		TriggerTimes:   map[types.NamespacedName][]time.Time{},
+	}
+	for name, sp := range st.claims.overrides {
+		snap.Services[name] = sp
 	}
 	old := st.synced
 	if old == nil {

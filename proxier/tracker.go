@@ -35,6 +35,9 @@ type Tracker struct {
 	// Problems of the last version of each object, so each is reported once.
 	svcProblems   map[types.NamespacedName][]fieldProblem
 	sliceProblems map[types.NamespacedName][]fieldProblem
+	// claimers are the Services with external or ingress IPs, the ones
+	// that can lose an address to another Service (see claims.go).
+	claimers map[types.NamespacedName]*v1.Service
 }
 
 // NewTracker tracks families for the node nodeName. Invalid values are
@@ -49,9 +52,10 @@ func NewTracker(nodeName string, families []v1.IPFamily, recorder record.EventRe
 		state:         map[v1.IPFamily]*familyState{},
 		svcProblems:   map[types.NamespacedName][]fieldProblem{},
 		sliceProblems: map[types.NamespacedName][]fieldProblem{},
+		claimers:      map[types.NamespacedName]*v1.Service{},
 	}
 	for _, f := range families {
-		t.state[f] = newFamilyState(f, nodeName)
+		t.state[f] = newFamilyState(f, nodeName, newClaimIndex(t.claimers, recorder))
 	}
 	return t
 }
@@ -81,11 +85,14 @@ func (t *Tracker) UpdateService(old, cur *v1.Service) []v1.IPFamily {
 	} else {
 		delete(t.svcProblems, nsn)
 	}
+	// A Service recreated under the same name may reach us as an update;
+	// its claims must then take its new age.
+	recreated := t.setClaimer(nsn, cur)
 	var changed []v1.IPFamily
 	for _, f := range t.families {
 		st := t.state[f]
 		ports := perFamily[f]
-		if servicePortsEqual(st.services[nsn], ports) {
+		if !recreated && servicePortsEqual(st.services[nsn], ports) {
 			continue
 		}
 		if len(ports) == 0 {
@@ -99,6 +106,18 @@ func (t *Tracker) UpdateService(old, cur *v1.Service) []v1.IPFamily {
 	}
 	t.updatePendingMetrics()
 	return changed
+}
+
+// setClaimer keeps cur in t.claimers when it lists external or ingress IPs
+// and reports whether its creation time differs from the version it replaces.
+func (t *Tracker) setClaimer(nsn types.NamespacedName, cur *v1.Service) bool {
+	prev := t.claimers[nsn]
+	if cur == nil || len(cur.Spec.ExternalIPs) == 0 && len(cur.Status.LoadBalancer.Ingress) == 0 {
+		delete(t.claimers, nsn)
+		return false
+	}
+	t.claimers[nsn] = cur
+	return prev != nil && !prev.CreationTimestamp.Equal(&cur.CreationTimestamp)
 }
 
 // UpdateEndpointSlice records an add (old nil), update, or delete (cur nil) of

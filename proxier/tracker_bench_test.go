@@ -2,32 +2,59 @@ package proxier
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
 
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/klog/v2"
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
-// scaleTracker loads n services with eps endpoints each (198.18.0.0/15).
-func scaleTracker(tb testing.TB, n, eps int) *Tracker {
-	tb.Helper()
-	tr := NewTracker("node1", []v1.IPFamily{ipv4}, nil, clocktesting.NewFakePassiveClock(start))
+// scaleObjects returns n services with eps endpoints each (198.18.0.0/15);
+// every externalEvery-th service (none when 0) also has an external IP of
+// its own in 198.20.0.0/16.
+func scaleObjects(n, eps, externalEvery int) ([]*v1.Service, []*discovery.EndpointSlice) {
+	svcs := make([]*v1.Service, 0, n)
+	slices := make([]*discovery.EndpointSlice, 0, n)
 	svcBase := netip.MustParseAddr("198.18.0.0")
 	epBase := netip.MustParseAddr("198.19.0.0")
+	extBase := netip.MustParseAddr("198.20.0.0")
 	for i := range n {
 		name := fmt.Sprintf("svc-%d", i)
 		svcBase = svcBase.Next()
-		tr.UpdateService(nil, makeService("scale/"+name, clusterIPs(svcBase.String()), svcPort("http", tcp, 80, 0)))
-		opts := []sliceOpt{slicePort("http", tcp, 8080)}
+		opts := []svcOpt{clusterIPs(svcBase.String()), svcPort("http", tcp, 80, 0)}
+		if externalEvery > 0 && i%externalEvery == 0 {
+			extBase = extBase.Next()
+			opts = append(opts, externalIPs(extBase.String()))
+		}
+		svcs = append(svcs, makeService("scale/"+name, opts...))
+		sliceOpts := []sliceOpt{slicePort("http", tcp, 8080)}
 		for range eps {
 			epBase = epBase.Next()
-			opts = append(opts, sliceEndpoint(epBase.String(), onNode("node2")))
+			sliceOpts = append(sliceOpts, sliceEndpoint(epBase.String(), onNode("node2")))
 		}
-		tr.UpdateEndpointSlice(nil, makeSlice("scale/"+name+"-1", name, discovery.AddressTypeIPv4, opts...))
+		slices = append(slices, makeSlice("scale/"+name+"-1", name, discovery.AddressTypeIPv4, sliceOpts...))
 	}
+	return svcs, slices
+}
+
+func loadTracker(svcs []*v1.Service, slices []*discovery.EndpointSlice) *Tracker {
+	tr := NewTracker("node1", []v1.IPFamily{ipv4}, nil, clocktesting.NewFakePassiveClock(start))
+	for i, svc := range svcs {
+		tr.UpdateService(nil, svc)
+		tr.UpdateEndpointSlice(nil, slices[i])
+	}
+	return tr
+}
+
+// scaleTracker loads n services with eps endpoints each and commits them.
+func scaleTracker(tb testing.TB, n, eps int) *Tracker {
+	tb.Helper()
+	tr := loadTracker(scaleObjects(n, eps, 0))
 	if err := tr.Commit(tr.Snapshot(ipv4)); err != nil {
 		tb.Fatal(err)
 	}
@@ -56,6 +83,54 @@ func BenchmarkTrackerSnapshot(b *testing.B) {
 		} else {
 			tr.UpdateEndpointSlice(a, c)
 		}
+		if err := tr.Commit(tr.Snapshot(ipv4)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTrackerServiceChange measures one Service update plus snapshot and
+// commit at 10k services (every 10th with an external IP): svc-5 takes and
+// gives back the external IP of svc-0, so a collision comes and goes.
+func BenchmarkTrackerServiceChange(b *testing.B) {
+	svcs, slices := scaleObjects(10000, 10, 10)
+	tr := loadTracker(svcs, slices)
+	if err := tr.Commit(tr.Snapshot(ipv4)); err != nil {
+		b.Fatal(err)
+	}
+	plain := svcs[5]
+	claiming := plain.DeepCopy()
+	claiming.Spec.ExternalIPs = svcs[0].Spec.ExternalIPs
+	quietLogs(b) // each new collision is logged
+	b.ResetTimer()
+	for i := range b.N {
+		if i%2 == 0 {
+			tr.UpdateService(plain, claiming)
+		} else {
+			tr.UpdateService(claiming, plain)
+		}
+		if err := tr.Commit(tr.Snapshot(ipv4)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func quietLogs(tb testing.TB) {
+	klog.LogToStderr(false)
+	klog.SetOutput(io.Discard)
+	tb.Cleanup(func() {
+		klog.SetOutput(os.Stderr)
+		klog.LogToStderr(true)
+	})
+}
+
+// BenchmarkTrackerCold measures loading 10k services (every 10th with an
+// external IP) and their slices into a fresh tracker, and its first snapshot.
+func BenchmarkTrackerCold(b *testing.B) {
+	svcs, slices := scaleObjects(10000, 10, 10)
+	b.ResetTimer()
+	for range b.N {
+		tr := loadTracker(svcs, slices)
 		if err := tr.Commit(tr.Snapshot(ipv4)); err != nil {
 			b.Fatal(err)
 		}

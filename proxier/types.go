@@ -36,9 +36,11 @@ type ServicePort struct {
 	Port      int32
 	Protocol  v1.Protocol
 	// NodePort is 0 when the service has none.
-	NodePort    int32
-	ExternalIPs []netip.Addr
-	// LoadBalancerVIPs are status.loadBalancer.ingress IPs, without ipMode Proxy ones.
+	NodePort int32
+	// ExternalIPs and LoadBalancerVIPs (status.loadBalancer.ingress IPs,
+	// without ipMode Proxy ones) leave out the addresses another Service
+	// won for the same port and protocol (see claims.go).
+	ExternalIPs              []netip.Addr
 	LoadBalancerVIPs         []netip.Addr
 	LoadBalancerSourceRanges []netip.Prefix
 	ExternalPolicyLocal      bool
@@ -117,8 +119,9 @@ type Snapshot struct {
 	Endpoints map[ServicePortName][]*Endpoint
 	Node      Node
 	// Changed lists ServicePorts whose ServicePort or endpoints changed (or
-	// that were removed) since the last successful sync of this family. A data
-	// plane uses it for partial syncs.
+	// that were removed) since the last successful sync of this family,
+	// including ports that won or lost a contested address because of
+	// another Service. A data plane uses it for partial syncs.
 	Changed sets.Set[ServicePortName]
 	// StaleUDP lists UDP/SCTP ServicePorts whose set of serving endpoints
 	// changed, for conntrack cleanup, with the endpoints they lost.
