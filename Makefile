@@ -35,11 +35,12 @@ test-host: deps apiserver
 	$(GO) test $(GO_TEST_FLAGS) ./...
 
 ## test-vm: the data-plane scenarios inside the qemu VM, against the host's apiserver
-## (e2e/vmdatapath): every TestDatapath/ipvs/* and the SCTP ones of TestDatapath/iptables/*.
+## (e2e/vmdatapath): every TestDatapath/ipvs/* and the SCTP ones of TestDatapath/iptables/*,
+## then, in a second boot, e2e/faults in IPVS mode.
 ## Only this target boots it: the package skips unless SVCPROXY_VM_TESTS=1, so
 ## test-host's `go test ./...` does not run it a second time.
 test-vm: deps apiserver
-	SVCPROXY_VM_TESTS=1 $(GO) test -count=1 -timeout 40m -v -run TestDatapathInVM ./e2e/vmdatapath/
+	SVCPROXY_VM_TESTS=1 $(GO) test -count=1 -timeout 40m -v -run 'TestDatapathInVM|TestFaultsInVM' ./e2e/vmdatapath/
 
 ## bench-vm: the scale harness in IPVS mode inside the VM (BENCHMARKS.md); not part of test.
 ## SERVICES (1000), RUNS (1) and CHURN (60s) size it.
@@ -51,6 +52,7 @@ bench-vm: deps apiserver
 fuzz-short:
 	$(GO) test -run='^$$' -fuzz=FuzzTracker -fuzztime=15s ./proxier/
 	$(GO) test -run='^$$' -fuzz=FuzzBuilder -fuzztime=15s ./iptables/
+	$(GO) test -run='^$$' -fuzz=FuzzIPVS -fuzztime=15s ./ipvs/
 
 ## lint: gofmt, go vet, staticcheck
 lint: staticcheck

@@ -3,6 +3,7 @@ package ipvs
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -58,6 +59,13 @@ func (b *builder) addExternalIPs(svc *proxier.ServicePort, p endpointPlan) {
 }
 
 func (b *builder) addLoadBalancers(svc *proxier.ServicePort, p endpointPlan) {
+	ranges := svc.LoadBalancerSourceRanges
+	if slices.ContainsFunc(ranges, func(c netip.Prefix) bool { return c.Bits() == 0 }) {
+		// A /0 range admits every source, the node included, so there is nothing
+		// to filter; and hash:ip,port,net refuses a zero prefix length, which
+		// would fail every ipset restore (kube-proxy skips it too, #132719).
+		ranges = nil
+	}
 	for _, ip := range svc.LoadBalancerVIPs {
 		m := ipPort(ip, svc.Protocol, svc.Port)
 		b.member(SetLoadBalancer, m)
@@ -68,10 +76,10 @@ func (b *builder) addLoadBalancers(svc *proxier.ServicePort, p endpointPlan) {
 			b.member(SetNoLocalEndpoints, m)
 		}
 		key := VSKey{ip, svc.Protocol, uint16(svc.Port)}
-		if len(svc.LoadBalancerSourceRanges) > 0 {
+		if len(ranges) > 0 {
 			b.member(SetLoadBalancerFW, m)
 			allowNode := false
-			for _, cidr := range svc.LoadBalancerSourceRanges {
+			for _, cidr := range ranges {
 				b.member(SetLoadBalancerSourceCIDR, ipPortIP(ip, svc.Protocol, svc.Port, netString(cidr)))
 				if b.primaryIP.IsValid() && cidr.Contains(b.primaryIP) {
 					allowNode = true

@@ -119,6 +119,20 @@ func TestBuild(t *testing.T) {
 			}
 		},
 	}, {
+		// Found by FuzzIPVS: ipset refuses a zero prefix length in hash:ip,port,net,
+		// so a 0.0.0.0/0 member failed every ipset restore.
+		name: "load balancer with a /0 source range is not filtered",
+		snap: snapshot(web(lbIPs("203.0.113.210"), sourceRanges("192.0.2.101/32", "0.0.0.0/0")), ep("203.0.113.1:8080")),
+		check: func(t *testing.T, ds *DesiredState) {
+			eq(t, "lb", members(ds, SetLoadBalancer), []string{"203.0.113.210,tcp:80"})
+			eq(t, "fw", members(ds, SetLoadBalancerFW), nil)
+			eq(t, "cidr", members(ds, SetLoadBalancerSourceCIDR), nil)
+			eq(t, "source ip", members(ds, SetLoadBalancerSourceIP), nil)
+			if strings.Contains(string(ds.IPTables), "--vaddr") {
+				t.Error("everyone may use this LB, yet an out-filter rule blocks the node")
+			}
+		},
+	}, {
 		name: "NodePort on every non-loopback node address",
 		snap: snapshot(web(nodePort(30080)), ep("203.0.113.1:8080")),
 		check: func(t *testing.T, ds *DesiredState) {

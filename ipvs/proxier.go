@@ -72,8 +72,9 @@ func (p *Proxier) ForceFullSync() {
 }
 
 // Verify implements proxier.Verifier: when the kernel's virtual servers are not
-// those of the last sync (`ipvsadm -D`, another proxy), it makes the next sync a
-// full one and asks for it. One netlink dump per call.
+// those of the last sync (`ipvsadm -D`, another proxy) or nat KUBE-SERVICES lost
+// rules (`iptables -F`), it makes the next sync a full one and asks for it. One
+// netlink dump and one iptables listing per call.
 func (p *Proxier) Verify() (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -84,7 +85,7 @@ func (p *Proxier) Verify() (bool, error) {
 	if err != nil || !drifted {
 		return false, err
 	}
-	klog.InfoS("IPVS virtual servers changed outside svcproxy; resyncing", "ipFamily", p.k.Family)
+	klog.InfoS("IPVS virtual servers or iptables rules changed outside svcproxy; resyncing", "ipFamily", p.k.Family)
 	p.needFull = true
 	return true, nil
 }

@@ -54,6 +54,11 @@ func TestVerifyNoticesVirtualServerDrift(t *testing.T) {
 		{"another family's or an excluded server added", func(f *fakeKernel) {
 			f.ipvs.AddVirtualServer(VirtualServer{VSKey: vsKey("[2001:db8::1]:80", v1.ProtocolTCP), Scheduler: "rr"})
 		}, false},
+		{"nat KUBE-SERVICES flushed", func(f *fakeKernel) {
+			if err := f.ipt.FlushChain(iptables.TableNAT, ChainServices); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeKernel()
@@ -80,6 +85,9 @@ func TestVerifyNoticesVirtualServerDrift(t *testing.T) {
 			}
 			if got := f.ipvs.State(); len(got) != 1 && tc.want {
 				t.Errorf("after the resync the kernel holds %v", got)
+			}
+			if n, _ := f.ipt.CountRules(iptables.TableNAT, ChainServices); n == 0 {
+				t.Errorf("nat %s is empty after the resync", ChainServices)
 			}
 			if drifted, err := p.Verify(); drifted || err != nil {
 				t.Errorf("Verify after the resync: %v, %v", drifted, err)

@@ -79,8 +79,26 @@ func (r *Reconciler) Invalidate() {
 	r.jumpsEnsured = false
 }
 
+// ours reports whether the reconciler may delete or watch a virtual server at
+// addr: one of its family outside ExcludeCIDRs.
 func (r *Reconciler) ours(addr netip.Addr) bool {
-	return addr.Is4() == (r.family == v1.IPv4Protocol) && !r.opts.excluded(addr)
+	return r.ofFamily(addr) && !r.opts.excluded(addr)
+}
+
+func (r *Reconciler) ofFamily(addr netip.Addr) bool {
+	return addr.Is4() == (r.family == v1.IPv4Protocol)
+}
+
+// knownOurs counts the known virtual servers that are ours; Drifted leaves
+// excluded ones to whoever else manages them.
+func (r *Reconciler) knownOurs() int {
+	n := 0
+	for key := range r.known {
+		if r.ours(key.Address) {
+			n++
+		}
+	}
+	return n
 }
 
 // read loads the kernel state: everything when not loaded, else only what
@@ -102,7 +120,10 @@ func (r *Reconciler) read() error {
 		old := r.known
 		r.known = make(map[VSKey]*knownVS, len(vss))
 		for _, vs := range vss {
-			if !r.ours(vs.Address) {
+			// Excluded ones are known too, never deleted: a service may use
+			// such an address, now or in any later partial sync, and its
+			// virtual server must then be updated, not added again (EEXIST).
+			if !r.ofFamily(vs.Address) {
 				continue
 			}
 			kv := &knownVS{vs: vs}
@@ -193,10 +214,11 @@ func (r *Reconciler) Reconcile(ds *DesiredState, full bool) error {
 	return errors.Join(errs...)
 }
 
-// Drifted lists the kernel's virtual servers (one dump) and reports whether they
-// differ from what the reconciler left: one deleted, added or reconfigured by
-// another program. Real servers, addresses and ipsets are re-read by the full
-// resyncs only; this check is cheap enough for every sync period.
+// Drifted lists the kernel's virtual servers (one dump) and counts the rules of
+// nat KUBE-SERVICES, and reports whether either differs from what the reconciler
+// left: a virtual server deleted, added or reconfigured by another program, or our
+// iptables rules flushed. Real servers, addresses and ipsets are re-read by the
+// full resyncs only; this check is cheap enough for every sync period.
 func (r *Reconciler) Drifted() (bool, error) {
 	if !r.loaded {
 		return false, nil
@@ -216,7 +238,26 @@ func (r *Reconciler) Drifted() (bool, error) {
 		}
 		n++
 	}
-	return n != len(r.known), nil
+	if n != r.knownOurs() {
+		return true, nil
+	}
+	if r.k.IPTables == nil || r.lastIPTables == nil {
+		return false, nil
+	}
+	have, err := r.k.IPTables.CountRules(iptables.TableNAT, ChainServices)
+	if err != nil {
+		return false, fmt.Errorf("count nat %s rules: %w", ChainServices, err)
+	}
+	return have != natRules(r.lastIPTables, ChainServices), nil
+}
+
+// natRules counts the rules of chain in the nat table of an iptables-restore input.
+func natRules(input []byte, chain string) int {
+	i := bytes.Index(input, []byte("*nat\n"))
+	if i < 0 {
+		return 0
+	}
+	return bytes.Count(input[i:], []byte("\n-A "+chain+" "))
 }
 
 // CheckGraceful makes the next Reconcile check terminating real servers

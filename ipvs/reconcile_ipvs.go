@@ -34,7 +34,9 @@ func (r *Reconciler) syncVirtualServers(ds *DesiredState) []error {
 		errs = append(errs, r.syncRealServers(want, kv)...)
 	}
 	for key := range r.known {
-		if _, ok := ds.VirtualServers[key]; ok {
+		// Excluded addresses are never cleaned up (--ipvs-exclude-cidrs), even
+		// when a service of ours used one.
+		if _, ok := ds.VirtualServers[key]; ok || r.opts.excluded(key.Address) {
 			continue
 		}
 		if err := r.k.IPVS.DeleteVirtualServer(key); err != nil {

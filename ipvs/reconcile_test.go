@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -227,6 +228,8 @@ func TestReconcileStaleVirtualServers(t *testing.T) {
 	slices.Sort(ipvsCalls)
 	eq(t, "ipvs calls", ipvsCalls, []string{
 		"DeleteVirtualServer 198.51.100.99:80/TCP",
+		// Read, never changed: a service could use its address.
+		"ListRealServers 192.0.2.200:80/TCP",
 		"ListRealServers 198.51.100.10:80/TCP",
 		"ListRealServers 198.51.100.99:80/TCP",
 		"ListVirtualServers",
@@ -248,5 +251,64 @@ func TestBoundAddrsSkipsKernelLinkLocal(t *testing.T) {
 	want := []netip.Addr{netip.MustParseAddr("2001:db8:5::10"), netip.MustParseAddr("198.51.100.10")}
 	if !slices.Equal(got, want) {
 		t.Errorf("boundAddrs = %v, want %v", got, want)
+	}
+}
+
+// Found by FuzzIPVS: virtual servers inside ExcludeCIDRs were left out of the
+// reconciler's read, so a service using such an address had its virtual server
+// added again (EEXIST) on every full resync, or on a partial sync after one that
+// did not want it, failing the sync and never updating its real servers.
+func TestReconcileServiceInExcludeCIDRs(t *testing.T) {
+	f := newFakeKernel()
+	opts := DefaultOptions()
+	opts.ExcludeCIDRs = parsePrefixes("203.0.113.200/32")
+	p := newTestProxier(f, opts)
+	web := func(eps ...*proxier.Endpoint) *proxier.Snapshot {
+		items := []any{svc("ns/web", clusterIP("198.51.100.10"), externalIPs("203.0.113.200"), proto(v1.ProtocolUDP))}
+		for _, e := range eps {
+			items = append(items, e)
+		}
+		return snapshot(items...)
+	}
+	excluded := vsKey("203.0.113.200:80", v1.ProtocolUDP)
+	for _, step := range []struct {
+		name  string
+		full  bool
+		snap  *proxier.Snapshot
+		want  map[VSKey][]string // real servers
+		bound []string           // on kube-ipvs0
+	}{
+		{"first sync", true, web(ep("203.0.113.1:8080")), map[VSKey][]string{
+			vsKey("198.51.100.10:80", v1.ProtocolUDP): {"203.0.113.1:8080"}, excluded: {"203.0.113.1:8080"}},
+			[]string{"198.51.100.10", "203.0.113.200"}},
+		{"full resync with an endpoint change", true, web(ep("203.0.113.2:8080")), map[VSKey][]string{
+			vsKey("198.51.100.10:80", v1.ProtocolUDP): {"203.0.113.2:8080"}, excluded: {"203.0.113.2:8080"}},
+			[]string{"198.51.100.10", "203.0.113.200"}},
+		// Never cleaned up, as kube-proxy does with --ipvs-exclude-cidrs.
+		{"service removed", true, snapshot(), map[VSKey][]string{excluded: {"203.0.113.2:8080"}}, []string{"203.0.113.200"}},
+		{"back in a partial sync", false, web(ep("203.0.113.3:8080")), map[VSKey][]string{
+			vsKey("198.51.100.10:80", v1.ProtocolUDP): {"203.0.113.3:8080"}, excluded: {"203.0.113.3:8080"}},
+			[]string{"198.51.100.10", "203.0.113.200"}},
+	} {
+		if step.full {
+			p.ForceFullSync()
+		}
+		if res := mustSync(t, p, step.snap); res.Full != step.full {
+			t.Fatalf("%s: full %v", step.name, res.Full)
+		}
+		got := map[VSKey][]string{}
+		for vs, rss := range f.ipvs.State() {
+			got[vs.VSKey] = []string{}
+			for _, rs := range rss {
+				got[vs.VSKey] = append(got[vs.VSKey], rs.Addr.String())
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(step.want) {
+			t.Errorf("%s: virtual servers %v, want %v", step.name, got, step.want)
+		}
+		eq(t, step.name+": kube-ipvs0", f.links.Addresses(DummyDevice), addrs(step.bound))
+		if drifted, err := p.Verify(); drifted || err != nil {
+			t.Errorf("%s: Verify = %v, %v", step.name, drifted, err)
+		}
 	}
 }
