@@ -18,6 +18,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables/dump"
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 // FuzzBuilder builds a sequence of random snapshots (services with every feature the
@@ -177,52 +178,33 @@ type builderStep struct {
 	full bool
 }
 
-// fzIn hands out the fuzz bytes as small choices; zeros once exhausted.
-type fzIn struct {
-	data []byte
-	pos  int
-}
-
-func (in *fzIn) done() bool { return in.pos >= len(in.data) }
-
-func (in *fzIn) pick(n int) int {
-	if in.done() {
-		return 0
-	}
-	b := in.data[in.pos]
-	in.pos++
-	return int(b) % n
-}
-
-func fzOf[T any](in *fzIn, values ...T) T { return values[in.pick(len(values))] }
-
 // decodeBuilderCase turns bytes into a family, options and up to 8 snapshots, each a
 // few random changes away from the previous one, with Changed listing exactly the
 // changed ports plus, sometimes, unchanged ones (a superset is allowed).
 func decodeBuilderCase(data []byte) builderCase {
-	in := &fzIn{data: data}
-	c := builderCase{family: fzOf(in, v1.IPv4Protocol, v1.IPv6Protocol)}
+	in := proxiertest.NewFuzzInput(data)
+	c := builderCase{family: proxiertest.Choose(in, v1.IPv4Protocol, v1.IPv6Protocol)}
 	c.opts = DefaultOptions()
-	c.opts.MasqueradeBit = fzOf(in, 14, 0, 31)
-	c.opts.MasqueradeAll = in.pick(2) == 0
-	c.opts.MasqueradeRandomFully = in.pick(2) == 0
-	c.opts.LocalhostNodePorts = in.pick(2) == 0
-	c.opts.BatchServices = fzOf(in, -1, 1, 2, 100)
+	c.opts.MasqueradeBit = proxiertest.Choose(in, 14, 0, 31)
+	c.opts.MasqueradeAll = in.Pick(2) == 0
+	c.opts.MasqueradeRandomFully = in.Pick(2) == 0
+	c.opts.LocalhostNodePorts = in.Pick(2) == 0
+	c.opts.BatchServices = proxiertest.Choose(in, -1, 1, 2, 100)
 	cidr := netip.MustParsePrefix("203.0.113.0/25")
 	if c.family == v1.IPv6Protocol {
 		cidr = netip.MustParsePrefix("2001:db8:1::/64")
 	}
-	c.opts.LocalDetector = fzOf(in, NoOpLocalDetector(), LocalDetectorByBridgeInterface("cbr0"),
+	c.opts.LocalDetector = proxiertest.Choose(in, NoOpLocalDetector(), LocalDetectorByBridgeInterface("cbr0"),
 		LocalDetectorByInterfaceNamePrefix("veth"), LocalDetectorByCIDR(cidr))
 	node := testNode(c.family)
-	node.Labels[v1.LabelTopologyZone] = fzOf(in, "a", "b")
+	node.Labels[v1.LabelTopologyZone] = proxiertest.Choose(in, "a", "b")
 	services := map[proxier.ServicePortName]*proxier.ServicePort{}
 	endpoints := map[proxier.ServicePortName][]*proxier.Endpoint{}
-	for step := 0; step < 8 && (step == 0 || !in.done()); step++ {
+	for step := 0; step < 8 && (step == 0 || !in.Done()); step++ {
 		changed := sets.New[proxier.ServicePortName]()
-		for range 1 + in.pick(4) {
+		for range 1 + in.Pick(4) {
 			name := fzName(in)
-			switch in.pick(4) {
+			switch in.Pick(4) {
 			case 0:
 				delete(services, name)
 				delete(endpoints, name)
@@ -234,7 +216,7 @@ func decodeBuilderCase(data []byte) builderCase {
 			}
 			changed.Insert(name)
 		}
-		if in.pick(4) == 0 {
+		if in.Pick(4) == 0 {
 			changed.Insert(fzName(in)) // unchanged or unknown: harmless
 		}
 		snap := &proxier.Snapshot{Family: c.family, Node: node, Changed: changed,
@@ -245,27 +227,27 @@ func decodeBuilderCase(data []byte) builderCase {
 				snap.Endpoints[name] = eps
 			}
 		}
-		c.steps = append(c.steps, builderStep{snap: snap, full: step == 0 || in.pick(5) == 0})
+		c.steps = append(c.steps, builderStep{snap: snap, full: step == 0 || in.Pick(5) == 0})
 	}
 	return c
 }
 
-func fzName(in *fzIn) proxier.ServicePortName {
+func fzName(in *proxiertest.FuzzInput) proxier.ServicePortName {
 	return proxier.ServicePortName{
-		NamespacedName: types.NamespacedName{Namespace: "ns", Name: fmt.Sprintf("s%d", in.pick(6))},
-		Port:           fzOf(in, "", "http"),
-		Protocol:       fzOf(in, v1.ProtocolTCP, v1.ProtocolUDP, v1.ProtocolSCTP),
+		NamespacedName: types.NamespacedName{Namespace: "ns", Name: fmt.Sprintf("s%d", in.Pick(6))},
+		Port:           proxiertest.Choose(in, "", "http"),
+		Protocol:       proxiertest.Choose(in, v1.ProtocolTCP, v1.ProtocolUDP, v1.ProtocolSCTP),
 	}
 }
 
-func fzAddrs(in *fzIn, family v1.IPFamily, v4, v6 []string) []netip.Addr {
+func fzAddrs(in *proxiertest.FuzzInput, family v1.IPFamily, v4, v6 []string) []netip.Addr {
 	pool := v4
 	if family == v1.IPv6Protocol {
 		pool = v6
 	}
 	var out []netip.Addr
-	for range in.pick(3) {
-		a := netip.MustParseAddr(fzOf(in, pool...))
+	for range in.Pick(3) {
+		a := netip.MustParseAddr(proxiertest.Choose(in, pool...))
 		if !slices.Contains(out, a) {
 			out = append(out, a)
 		}
@@ -273,45 +255,45 @@ func fzAddrs(in *fzIn, family v1.IPFamily, v4, v6 []string) []netip.Addr {
 	return out
 }
 
-func fzService(in *fzIn, name proxier.ServicePortName, family v1.IPFamily) *proxier.ServicePort {
-	sp := &proxier.ServicePort{Name: name, Protocol: name.Protocol, Port: fzOf[int32](in, 80, 53, 1, 65535)}
+func fzService(in *proxiertest.FuzzInput, name proxier.ServicePortName, family v1.IPFamily) *proxier.ServicePort {
+	sp := &proxier.ServicePort{Name: name, Protocol: name.Protocol, Port: proxiertest.Choose[int32](in, 80, 53, 1, 65535)}
 	ips := fzAddrs(in, family, []string{"198.51.100.1", "198.51.100.2"}, []string{"2001:db8:5::1", "2001:db8:5::2"})
 	sp.ClusterIP = netip.MustParseAddr(map[v1.IPFamily]string{v1.IPv4Protocol: "198.51.100.9", v1.IPv6Protocol: "2001:db8:5::9"}[family])
 	if len(ips) > 0 {
 		sp.ClusterIP = ips[0]
 	}
-	sp.NodePort = fzOf[int32](in, 0, 0, 30001, 32767)
+	sp.NodePort = proxiertest.Choose[int32](in, 0, 0, 30001, 32767)
 	sp.ExternalIPs = fzAddrs(in, family, []string{"203.0.113.200", "203.0.113.201"}, []string{"2001:db8:6::1", "2001:db8:6::2"})
 	sp.LoadBalancerVIPs = fzAddrs(in, family, []string{"203.0.113.210", "203.0.113.201"}, []string{"2001:db8:6::10", "2001:db8:6::2"})
 	if len(sp.LoadBalancerVIPs) > 0 {
 		for _, a := range fzAddrs(in, family, []string{"192.0.2.0", "192.0.2.101"}, []string{"2001:db8:2::", "2001:db8:2::101"}) {
-			p := netip.PrefixFrom(a, fzOf(in, 24, 32))
+			p := netip.PrefixFrom(a, proxiertest.Choose(in, 24, 32))
 			if a.Is6() {
-				p = netip.PrefixFrom(a, fzOf(in, 64, 128))
+				p = netip.PrefixFrom(a, proxiertest.Choose(in, 64, 128))
 			}
 			sp.LoadBalancerSourceRanges = append(sp.LoadBalancerSourceRanges, p.Masked())
 		}
 		sp.LoadBalancerSourceRanges = slices.Compact(sp.LoadBalancerSourceRanges)
 	}
-	sp.ExternalPolicyLocal = sp.ExternallyAccessible() && in.pick(2) == 0
-	if sp.ExternalPolicyLocal && in.pick(2) == 0 {
+	sp.ExternalPolicyLocal = sp.ExternallyAccessible() && in.Pick(2) == 0
+	if sp.ExternalPolicyLocal && in.Pick(2) == 0 {
 		sp.HealthCheckNodePort = 32000
 	}
-	sp.InternalPolicyLocal = in.pick(3) == 0
-	sp.StickyMaxAgeSeconds = fzOf[int32](in, 0, 0, 10, 10800)
-	sp.TrafficDistribution = fzOf(in, "", "", "PreferClose", "PreferSameNode")
+	sp.InternalPolicyLocal = in.Pick(3) == 0
+	sp.StickyMaxAgeSeconds = proxiertest.Choose[int32](in, 0, 0, 10, 10800)
+	sp.TrafficDistribution = proxiertest.Choose(in, "", "", "PreferClose", "PreferSameNode")
 	return sp
 }
 
-func fzEndpoints(in *fzIn, family v1.IPFamily) []*proxier.Endpoint {
+func fzEndpoints(in *proxiertest.FuzzInput, family v1.IPFamily) []*proxier.Endpoint {
 	pool := []string{"203.0.113.2", "203.0.113.3", "203.0.113.66", "203.0.113.67"}
 	if family == v1.IPv6Protocol {
 		pool = []string{"2001:db8:1:0:1::2", "2001:db8:1:0:1::3", "2001:db8:1:0:2::2", "2001:db8:1:0:2::3"}
 	}
 	byAddr := map[netip.AddrPort]*proxier.Endpoint{}
-	for range in.pick(6) {
-		ep := &proxier.Endpoint{IP: netip.MustParseAddr(fzOf(in, pool...)), Port: fzOf[int32](in, 8080, 53, 1)}
-		switch in.pick(5) {
+	for range in.Pick(6) {
+		ep := &proxier.Endpoint{IP: netip.MustParseAddr(proxiertest.Choose(in, pool...)), Port: proxiertest.Choose[int32](in, 8080, 53, 1)}
+		switch in.Pick(5) {
 		case 0:
 			ep.Serving, ep.Terminating = true, true
 		case 1:
@@ -320,14 +302,14 @@ func fzEndpoints(in *fzIn, family v1.IPFamily) []*proxier.Endpoint {
 		default:
 			ep.Ready, ep.Serving = true, true
 		}
-		ep.NodeName = fzOf(in, "node1", "node2", "")
+		ep.NodeName = proxiertest.Choose(in, "node1", "node2", "")
 		ep.IsLocal = ep.NodeName == "node1"
-		ep.Zone = fzOf(in, "a", "b", "")
-		if in.pick(3) == 0 {
-			ep.ZoneHints = sets.New(fzOf(in, "a", "b"))
+		ep.Zone = proxiertest.Choose(in, "a", "b", "")
+		if in.Pick(3) == 0 {
+			ep.ZoneHints = sets.New(proxiertest.Choose(in, "a", "b"))
 		}
-		if in.pick(4) == 0 {
-			ep.NodeHints = sets.New(fzOf(in, "node1", "node2"))
+		if in.Pick(4) == 0 {
+			ep.NodeHints = sets.New(proxiertest.Choose(in, "node1", "node2"))
 		}
 		byAddr[ep.AddrPort()] = ep
 	}

@@ -169,30 +169,11 @@ func poolsFor(family v1.IPFamily) fzPools {
 	}
 }
 
-// fzIn hands out the fuzz bytes as small choices; zeros once exhausted.
-type fzIn struct {
-	data []byte
-	pos  int
-}
-
-func (in *fzIn) done() bool { return in.pos >= len(in.data) }
-
-func (in *fzIn) pick(n int) int {
-	if in.done() {
-		return 0
-	}
-	b := in.data[in.pos]
-	in.pos++
-	return int(b) % n
-}
-
-func fzOf[T any](in *fzIn, values ...T) T { return values[in.pick(len(values))] }
-
 // fzSome picks up to two distinct values (the proxier dedups address lists).
-func fzSome(in *fzIn, pool []string) []string {
+func fzSome(in *proxiertest.FuzzInput, pool []string) []string {
 	var out []string
-	for range in.pick(3) {
-		if v := fzOf(in, pool...); !slices.Contains(out, v) {
+	for range in.Pick(3) {
+		if v := proxiertest.Choose(in, pool...); !slices.Contains(out, v) {
 			out = append(out, v)
 		}
 	}
@@ -211,28 +192,28 @@ func addrs(s []string) []netip.Addr {
 // random changes away from the previous snapshot, which starts as a small
 // proxiertest one.
 func decodeIPVSCase(data []byte) ipvsCase {
-	in := &fzIn{data: data}
-	c := ipvsCase{family: fzOf(in, v1.IPv4Protocol, v1.IPv6Protocol)}
+	in := proxiertest.NewFuzzInput(data)
+	c := ipvsCase{family: proxiertest.Choose(in, v1.IPv4Protocol, v1.IPv6Protocol)}
 	p := poolsFor(c.family)
 	c.pools = p
 	c.opts = DefaultOptions()
-	c.opts.Scheduler = fzOf(in, "", "rr", "mh", "wlc", "sh")
-	c.opts.StrictARP = in.pick(2) == 0
-	c.opts.MasqueradeBit = fzOf(in, 14, 0, 31)
-	c.opts.MasqueradeAll = in.pick(2) == 0
-	c.opts.MasqueradeRandomFully = in.pick(2) == 0
-	c.opts.LocalDetector = fzOf(in, iptables.NoOpLocalDetector(), iptables.LocalDetectorByBridgeInterface("cbr0"),
+	c.opts.Scheduler = proxiertest.Choose(in, "", "rr", "mh", "wlc", "sh")
+	c.opts.StrictARP = in.Pick(2) == 0
+	c.opts.MasqueradeBit = proxiertest.Choose(in, 14, 0, 31)
+	c.opts.MasqueradeAll = in.Pick(2) == 0
+	c.opts.MasqueradeRandomFully = in.Pick(2) == 0
+	c.opts.LocalDetector = proxiertest.Choose(in, iptables.NoOpLocalDetector(), iptables.LocalDetectorByBridgeInterface("cbr0"),
 		iptables.LocalDetectorByInterfaceNamePrefix("veth"), iptables.LocalDetectorByCIDR(netip.MustParsePrefix(p.sourceRanges[0])))
-	for _, cidr := range fzOf(in, p.excludes...) {
+	for _, cidr := range proxiertest.Choose(in, p.excludes...) {
 		c.opts.ExcludeCIDRs = append(c.opts.ExcludeCIDRs, netip.MustParsePrefix(cidr))
 	}
-	c.opts.GracePeriod = fzOf(in, 0, time.Minute)
-	c.opts.GraceCheckPeriod = fzOf(in, 0, 5*time.Second)
+	c.opts.GracePeriod = proxiertest.Choose(in, 0, time.Minute)
+	c.opts.GraceCheckPeriod = proxiertest.Choose(in, 0, 5*time.Second)
 	grace, check := cmp.Or(c.opts.GracePeriod, DefaultGracePeriod), cmp.Or(c.opts.GraceCheckPeriod, DefaultGraceCheckPeriod)
 	node := proxiertest.Node(c.family)
-	node.IPs = addrs(fzOf(in, p.nodeIPs...))
-	node.Labels[v1.LabelTopologyZone] = fzOf(in, "zone-a", "zone-b")
-	if v := fzOf(in, p.nodePortAddresses...); v != nil {
+	node.IPs = addrs(proxiertest.Choose(in, p.nodeIPs...))
+	node.Labels[v1.LabelTopologyZone] = proxiertest.Choose(in, "zone-a", "zone-b")
+	if v := proxiertest.Choose(in, p.nodePortAddresses...); v != nil {
 		primary := netip.Addr{}
 		if len(node.IPs) > 0 {
 			primary = node.IPs[0]
@@ -241,21 +222,21 @@ func decodeIPVSCase(data []byte) ipvsCase {
 		must(err)
 		c.opts.NodePortAddresses = npa
 	}
-	base := proxiertest.Snapshot(proxiertest.Config{Family: c.family, Services: fzOf(in, 0, 0, 3),
-		EndpointsPerService: fzOf(in, 0, 2), NodePortEvery: fzOf(in, 0, 2), LocalEvery: fzOf(in, 0, 2)})
+	base := proxiertest.Snapshot(proxiertest.Config{Family: c.family, Services: proxiertest.Choose(in, 0, 0, 3),
+		EndpointsPerService: proxiertest.Choose(in, 0, 2), NodePortEvery: proxiertest.Choose(in, 0, 2), LocalEvery: proxiertest.Choose(in, 0, 2)})
 	services, endpoints := base.Services, base.Endpoints
-	for step := 0; step < 8 && (step == 0 || !in.done()); step++ {
+	for step := 0; step < 8 && (step == 0 || !in.Done()); step++ {
 		changed := sets.New[proxier.ServicePortName]()
-		for range 1 + in.pick(4) {
+		for range 1 + in.Pick(4) {
 			name := fzName(in)
-			switch in.pick(5) {
+			switch in.Pick(5) {
 			case 0:
 				delete(services, name)
 				delete(endpoints, name)
 			case 1:
 				endpoints[name] = fzEndpoints(in, p)
 			case 2: // one endpoint of a proxiertest service moves
-				i := in.pick(3)
+				i := in.Pick(3)
 				name = proxiertest.ServiceName(i)
 				if services[name] != nil {
 					endpoints[name] = proxiertest.WithEndpointChange(&proxier.Snapshot{Services: services, Endpoints: endpoints}, i).Endpoints[name]
@@ -274,62 +255,62 @@ func decodeIPVSCase(data []byte) ipvsCase {
 				snap.Endpoints[name] = eps
 			}
 		}
-		st := ipvsStep{snap: snap, local: addrs(fzOf(in, p.locals...)), full: step == 0 || in.pick(4) == 0,
-			advance: fzOf(in, 0, 0, time.Second, check, grace/2, grace), check: in.pick(3) == 0,
-			tamper: in.pick(24) - 19, family: c.family, excluded: c.opts.excluded, stale: p.stale}
-		for range in.pick(3) {
-			st.conns = append(st.conns, connPick{in.pick(256), in.pick(256), fzOf(in, 0, 1, 3), fzOf(in, 0, 2)})
+		st := ipvsStep{snap: snap, local: addrs(proxiertest.Choose(in, p.locals...)), full: step == 0 || in.Pick(4) == 0,
+			advance: proxiertest.Choose(in, 0, 0, time.Second, check, grace/2, grace), check: in.Pick(3) == 0,
+			tamper: in.Pick(24) - 19, family: c.family, excluded: c.opts.excluded, stale: p.stale}
+		for range in.Pick(3) {
+			st.conns = append(st.conns, connPick{in.Pick(256), in.Pick(256), proxiertest.Choose(in, 0, 1, 3), proxiertest.Choose(in, 0, 2)})
 		}
 		if st.tamper >= 0 {
-			st.full, st.pick = true, in.pick(256)
+			st.full, st.pick = true, in.Pick(256)
 		}
 		c.steps = append(c.steps, st)
 	}
 	return c
 }
 
-func fzName(in *fzIn) proxier.ServicePortName {
-	if in.pick(4) == 0 {
-		return proxiertest.ServiceName(in.pick(3))
+func fzName(in *proxiertest.FuzzInput) proxier.ServicePortName {
+	if in.Pick(4) == 0 {
+		return proxiertest.ServiceName(in.Pick(3))
 	}
 	return proxier.ServicePortName{
-		NamespacedName: types.NamespacedName{Namespace: "ns", Name: fmt.Sprintf("s%d", in.pick(5))},
-		Port:           fzOf(in, "", "http"),
-		Protocol:       fzOf(in, v1.ProtocolTCP, v1.ProtocolUDP, v1.ProtocolSCTP),
+		NamespacedName: types.NamespacedName{Namespace: "ns", Name: fmt.Sprintf("s%d", in.Pick(5))},
+		Port:           proxiertest.Choose(in, "", "http"),
+		Protocol:       proxiertest.Choose(in, v1.ProtocolTCP, v1.ProtocolUDP, v1.ProtocolSCTP),
 	}
 }
 
 // fzService makes a ServicePort of any type with the helpers of helpers_test.go.
-func fzService(in *fzIn, name proxier.ServicePortName, p fzPools) *proxier.ServicePort {
-	opts := []svcOpt{proto(name.Protocol), port(fzOf[int32](in, 80, 53, 1, 65535))}
-	if ip := fzOf(in, p.clusterIPs...); ip != "" { // "": headless
+func fzService(in *proxiertest.FuzzInput, name proxier.ServicePortName, p fzPools) *proxier.ServicePort {
+	opts := []svcOpt{proto(name.Protocol), port(proxiertest.Choose[int32](in, 80, 53, 1, 65535))}
+	if ip := proxiertest.Choose(in, p.clusterIPs...); ip != "" { // "": headless
 		opts = append(opts, clusterIP(ip))
 	}
 	// NodePort 80 can collide with port 80 of an external IP that is a node address.
-	opts = append(opts, nodePort(fzOf[int32](in, 0, 0, 30001, 32767, 80)), externalIPs(fzSome(in, p.externalIPs)...))
+	opts = append(opts, nodePort(proxiertest.Choose[int32](in, 0, 0, 30001, 32767, 80)), externalIPs(fzSome(in, p.externalIPs)...))
 	if lbs := fzSome(in, p.lbIPs); len(lbs) > 0 {
 		opts = append(opts, lbIPs(lbs...), sourceRanges(fzSome(in, p.sourceRanges)...))
 	}
 	s := svc(name.Namespace+"/"+name.Name, opts...)
 	s.Name = name
-	if s.ExternallyAccessible() && in.pick(2) == 0 {
-		etpLocal(fzOf[int32](in, 0, 32000, 32001))(s)
+	if s.ExternallyAccessible() && in.Pick(2) == 0 {
+		etpLocal(proxiertest.Choose[int32](in, 0, 32000, 32001))(s)
 	}
-	if in.pick(3) == 0 {
+	if in.Pick(3) == 0 {
 		itpLocal()(s)
 	}
-	affinity(fzOf[int32](in, 0, 0, 10, 10800))(s)
-	s.TrafficDistribution = fzOf(in, "", "", "PreferClose", "PreferSameNode")
+	affinity(proxiertest.Choose[int32](in, 0, 0, 10, 10800))(s)
+	s.TrafficDistribution = proxiertest.Choose(in, "", "", "PreferClose", "PreferSameNode")
 	return s
 }
 
 // fzEndpoints makes up to 5 endpoints in every condition, sorted by ip:port.
-func fzEndpoints(in *fzIn, p fzPools) []*proxier.Endpoint {
+func fzEndpoints(in *proxiertest.FuzzInput, p fzPools) []*proxier.Endpoint {
 	byAddr := map[netip.AddrPort]*proxier.Endpoint{}
-	for range in.pick(6) {
-		addr := netip.AddrPortFrom(netip.MustParseAddr(fzOf(in, p.endpointIPs...)), fzOf[uint16](in, 8080, 53, 1))
+	for range in.Pick(6) {
+		addr := netip.AddrPortFrom(netip.MustParseAddr(proxiertest.Choose(in, p.endpointIPs...)), proxiertest.Choose[uint16](in, 8080, 53, 1))
 		var opts []epOpt
-		switch in.pick(5) {
+		switch in.Pick(5) {
 		case 0:
 			opts = append(opts, terminating())
 		case 1:
@@ -337,19 +318,19 @@ func fzEndpoints(in *fzIn, p fzPools) []*proxier.Endpoint {
 		case 2:
 			opts = append(opts, func(e *proxier.Endpoint) { e.Ready, e.Serving = false, false })
 		}
-		switch in.pick(3) {
+		switch in.Pick(3) {
 		case 0:
 			opts = append(opts, local())
 		case 1:
 			opts = append(opts, func(e *proxier.Endpoint) { e.NodeName = "" })
 		}
 		e := ep(addr.String(), opts...)
-		e.Zone = fzOf(in, "zone-a", "zone-b", "")
-		if in.pick(3) == 0 {
-			e.ZoneHints = sets.New(fzOf(in, "zone-a", "zone-b"))
+		e.Zone = proxiertest.Choose(in, "zone-a", "zone-b", "")
+		if in.Pick(3) == 0 {
+			e.ZoneHints = sets.New(proxiertest.Choose(in, "zone-a", "zone-b"))
 		}
-		if in.pick(4) == 0 {
-			e.NodeHints = sets.New(fzOf(in, proxiertest.NodeName, "node2"))
+		if in.Pick(4) == 0 {
+			e.NodeHints = sets.New(proxiertest.Choose(in, proxiertest.NodeName, "node2"))
 		}
 		byAddr[addr] = e
 	}

@@ -210,6 +210,33 @@ func healthzCode(p *bed.Proxy) (int, string) {
 	return h.Code, h.Body
 }
 
+// waitUnhealthy waits (bounded) for /healthz 503 while a change made at changed cannot
+// be programmed, and fails when it came before 2 × syncPeriod, which is when the
+// proxy may first call itself stale.
+func waitUnhealthy(t *testing.T, p *bed.Proxy, changed time.Time, why string) {
+	t.Helper()
+	// Allow retries a few periods past the 2 × syncPeriod.
+	var after time.Duration
+	bed.Eventually(t, 2*syncPeriod+5*syncPeriod, "healthz 503 while "+why, func() (bool, string) {
+		code, body := healthzCode(p)
+		after = time.Since(changed)
+		return code == 503, fmt.Sprintf("%d %s", code, body)
+	})
+	t.Logf("healthz 503 %v after the change", after.Round(100*time.Millisecond))
+	if after < 2*syncPeriod {
+		t.Errorf("healthz 503 only %v after the change, before 2 × sync period (%v)", after, 2*syncPeriod)
+	}
+}
+
+// waitHealthyAgain waits (bounded) for /healthz 200 once the fault is gone.
+func waitHealthyAgain(t *testing.T, p *bed.Proxy, why string) {
+	t.Helper()
+	bed.Eventually(t, answerTimeout, "healthz 200 "+why, func() (bool, string) {
+		code, body := healthzCode(p)
+		return code == 200, fmt.Sprintf("%d %s", code, body)
+	})
+}
+
 // requireSameProcess fails when the proxy exited or was replaced since pid was taken.
 func requireSameProcess(t *testing.T, p *bed.Proxy, pid int) {
 	t.Helper()

@@ -1,12 +1,10 @@
 package vmdatapath
 
 import (
-	"os"
 	"regexp"
 	"testing"
 	"time"
 
-	"github.com/svcproxy/svcproxy/e2e/bed"
 	"github.com/svcproxy/svcproxy/e2e/vm"
 )
 
@@ -21,36 +19,12 @@ var topRE = regexp.MustCompile(`--- (PASS|FAIL|SKIP): (Test\S+) \(([0-9.]+)s\)`)
 // cut of the node's link to it), netlink failures, the xtables lock at start, SIGKILL in
 // the middle of a sync, and bad input. The host runs the same package in iptables mode.
 func TestFaultsInVM(t *testing.T) {
-	if vm.InGuest() {
-		t.Skip("boots the VM from the host; nothing to do inside it")
-	}
-	if os.Getenv(GateEnv) != "1" {
-		t.Skipf("boots a qemu VM for several minutes: run `make test-vm` (or set %s=1)", GateEnv)
-	}
-	bed.RequireRoot(t)
-	api := bed.API(t)
-	ca, err := os.ReadFile(api.CAFile)
-	if err != nil {
-		t.Fatalf("read apiserver CA: %v", err)
-	}
-	start := time.Now()
-	logf := func(format string, args ...any) {
-		t.Logf("[%6.1fs] "+format, append([]any{time.Since(start).Seconds()}, args...)...)
-	}
-	res, err := vm.Exec(vm.Options{
-		Package:   "./e2e/faults",
-		Run:       envOr(FaultsRunEnv, "Test"),
-		Svcproxy:  true,
-		APIServer: &vm.APIServer{Port: api.Port, CA: ca, Token: api.AdminToken},
-		Env: map[string]string{
-			"SVCPROXY_FAULTS_MODE": "ipvs",
-			"SVCPROXY_BIN":         vm.SvcproxyPath,
-			bed.ProxyTokenEnv:      api.ProxyToken,
-			bed.TimeScaleEnv:       "3",
-		},
-		Timeout:  20 * time.Minute,
-		MemoryMB: 2048,
-	}, t.TempDir(), logf)
+	res, err := runInGuest(t, vm.Options{
+		Package: "./e2e/faults",
+		Run:     envOr(FaultsRunEnv, "Test"),
+		Env:     map[string]string{"SVCPROXY_FAULTS_MODE": "ipvs"},
+		Timeout: 20 * time.Minute,
+	})
 	passed, failed := 0, []string{}
 	for _, m := range topRE.FindAllStringSubmatch(res.Console, -1) {
 		switch m[1] {

@@ -41,48 +41,21 @@ const (
 )
 
 func TestDatapathInVM(t *testing.T) {
-	if vm.InGuest() {
-		t.Skip("boots the VM from the host; nothing to do inside it")
-	}
-	if os.Getenv(GateEnv) != "1" {
-		t.Skipf("boots a qemu VM for several minutes: run `make test-vm` (or set %s=1)", GateEnv)
-	}
-	bed.RequireRoot(t)
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Fatalf("%s=1 but qemu is missing (hack/install-deps.sh installs it): %v", GateEnv, err)
-	}
 	modes := envOr(ModesEnv, defaultModes)
 	run := envOr(RunEnv, "TestDatapath")
 	timeout, err := time.ParseDuration(envOr(TimeoutEnv, "25m"))
 	if err != nil {
 		t.Fatalf("%s: %v", TimeoutEnv, err)
 	}
-
-	api := bed.API(t)
-	ca, err := os.ReadFile(api.CAFile)
-	if err != nil {
-		t.Fatalf("read apiserver CA: %v", err)
-	}
-	// Console lines carry the time since boot start: scenario logs have no clock of their own.
-	start := time.Now()
-	logf := func(format string, args ...any) {
-		t.Logf("[%6.1fs] "+format, append([]any{time.Since(start).Seconds()}, args...)...)
-	}
-	res, err := vm.Exec(vm.Options{
-		Package:   "./e2e/datapath",
-		Run:       run,
-		Svcproxy:  true,
-		APIServer: &vm.APIServer{Port: api.Port, CA: ca, Token: api.AdminToken},
+	res, err := runInGuest(t, vm.Options{
+		Package: "./e2e/datapath",
+		Run:     run,
 		Env: map[string]string{
 			"SVCPROXY_E2E_MODES":  modes,
 			"SVCPROXY_E2E_FILTER": envOr(FilterEnv, defaultFilter),
-			"SVCPROXY_BIN":        vm.SvcproxyPath,
-			bed.ProxyTokenEnv:     api.ProxyToken,
-			bed.TimeScaleEnv:      "3",
 		},
-		Timeout:  timeout,
-		MemoryMB: 2048,
-	}, t.TempDir(), logf)
+		Timeout: timeout,
+	})
 	sum := summarize(res.Console)
 	t.Logf("vm: kernel %s, prepare %v, boot to payload %v, VM total %v\n%s", res.Kernel,
 		res.Prepare.Round(time.Second), res.BootToPayload.Round(time.Second), res.Boot.Round(time.Second), sum.table())
@@ -100,6 +73,40 @@ func TestDatapathInVM(t *testing.T) {
 			t.Errorf("vm: no scenario passed in mode %s (did the guest run any?)", m)
 		}
 	}
+}
+
+// runInGuest boots the VM (when GateEnv allows) with svcproxy and a test binary of
+// opts.Package, against the host's apiserver, with what every bed test in the guest
+// needs in its environment besides opts.Env. Console lines carry the time since boot
+// start: the guest's test logs have no clock of their own.
+func runInGuest(t *testing.T, opts vm.Options) (vm.Result, error) {
+	t.Helper()
+	if vm.InGuest() {
+		t.Skip("boots the VM from the host; nothing to do inside it")
+	}
+	if os.Getenv(GateEnv) != "1" {
+		t.Skipf("boots a qemu VM for several minutes: run `make test-vm` (or set %s=1)", GateEnv)
+	}
+	bed.RequireRoot(t)
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatalf("%s=1 but qemu is missing (hack/install-deps.sh installs it): %v", GateEnv, err)
+	}
+	api := bed.API(t)
+	ca, err := os.ReadFile(api.CAFile)
+	if err != nil {
+		t.Fatalf("read apiserver CA: %v", err)
+	}
+	opts.Svcproxy = true
+	opts.APIServer = &vm.APIServer{Port: api.Port, CA: ca, Token: api.AdminToken}
+	opts.MemoryMB = 2048
+	opts.Env["SVCPROXY_BIN"] = vm.SvcproxyPath
+	opts.Env[bed.ProxyTokenEnv] = api.ProxyToken
+	opts.Env[bed.TimeScaleEnv] = "3"
+	start := time.Now()
+	logf := func(format string, args ...any) {
+		t.Logf("[%6.1fs] "+format, append([]any{time.Since(start).Seconds()}, args...)...)
+	}
+	return vm.Exec(opts, t.TempDir(), logf)
 }
 
 func envOr(key, def string) string {
