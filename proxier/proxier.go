@@ -243,6 +243,11 @@ func (p *Proxier) syncFamily(family v1.IPFamily) error {
 	p.lastSynced[family] = snap
 	if p.opts.Health != nil {
 		p.opts.Health.Updated(family)
+		// A change that came in while this sync ran is not in snap: it still waits
+		// (counted from now, at the latest), whatever its own sync will do.
+		if p.tracker.Pending(family) {
+			p.opts.Health.QueuedUpdate(family)
+		}
 	}
 	p.recordSyncMetrics(snap, result, elapsed)
 	klog.V(2).InfoS("Synced proxy rules", "ipFamily", family, "full", result.Full, "elapsed", elapsed,

@@ -20,20 +20,29 @@ import (
 
 // recordingDataPlane keeps every snapshot it is handed and fails on demand.
 type recordingDataPlane struct {
-	mu    sync.Mutex
-	snaps []*Snapshot
-	fail  int // fail this many more syncs
+	mu     sync.Mutex
+	snaps  []*Snapshot
+	fail   int    // fail this many more syncs
+	during func() // called once, inside the next Sync, after it decided to fail or not
 }
 
 func (d *recordingDataPlane) Sync(snap *Snapshot) (SyncResult, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.snaps = append(d.snaps, snap)
-	if d.fail > 0 {
+	fail, first := d.fail > 0, len(d.snaps) == 1
+	if fail {
 		d.fail--
+	}
+	during := d.during
+	d.during = nil
+	d.mu.Unlock()
+	if during != nil {
+		during()
+	}
+	if fail {
 		return SyncResult{}, errors.New("injected failure")
 	}
-	return SyncResult{Full: len(d.snaps) == 1, Rules: map[string]int{"nat": 3}}, nil
+	return SyncResult{Full: first, Rules: map[string]int{"nat": 3}}, nil
 }
 
 func (d *recordingDataPlane) setFail(n int) {
@@ -56,20 +65,41 @@ func (d *recordingDataPlane) last() *Snapshot {
 	return s[len(s)-1]
 }
 
+// fakeHealth counts the calls and keeps what healthz derives from them: whether a
+// change of each family waits.
 type fakeHealth struct {
 	mu      sync.Mutex
 	queued  map[v1.IPFamily]int
 	updated map[v1.IPFamily]int
+	waiting map[v1.IPFamily]bool
 	nodes   []*v1.Node
 }
 
 func newFakeHealth() *fakeHealth {
-	return &fakeHealth{queued: map[v1.IPFamily]int{}, updated: map[v1.IPFamily]int{}}
+	return &fakeHealth{queued: map[v1.IPFamily]int{}, updated: map[v1.IPFamily]int{}, waiting: map[v1.IPFamily]bool{}}
 }
 
-func (h *fakeHealth) QueuedUpdate(f v1.IPFamily) { h.mu.Lock(); h.queued[f]++; h.mu.Unlock() }
-func (h *fakeHealth) Updated(f v1.IPFamily)      { h.mu.Lock(); h.updated[f]++; h.mu.Unlock() }
-func (h *fakeHealth) SyncNode(n *v1.Node)        { h.mu.Lock(); h.nodes = append(h.nodes, n); h.mu.Unlock() }
+func (h *fakeHealth) QueuedUpdate(f v1.IPFamily) {
+	h.mu.Lock()
+	h.queued[f]++
+	h.waiting[f] = true
+	h.mu.Unlock()
+}
+
+func (h *fakeHealth) Updated(f v1.IPFamily) {
+	h.mu.Lock()
+	h.updated[f]++
+	h.waiting[f] = false
+	h.mu.Unlock()
+}
+
+func (h *fakeHealth) pending(f v1.IPFamily) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.waiting[f]
+}
+
+func (h *fakeHealth) SyncNode(n *v1.Node) { h.mu.Lock(); h.nodes = append(h.nodes, n); h.mu.Unlock() }
 func (h *fakeHealth) counts(f v1.IPFamily) (int, int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -283,6 +313,38 @@ func TestProxierFamilyFailureIsolated(t *testing.T) {
 	}
 	if queued, _ := tp.health.counts(ipv6); queued == 0 {
 		t.Errorf("no QueuedUpdate for IPv6")
+	}
+}
+
+// A change that arrives while a sync runs is not in that sync's snapshot: when the sync
+// succeeds, the health recorder must still see it waiting, or a change that then never
+// syncs (every retry fails) would leave /healthz at 200 for ever.
+func TestProxierChangeDuringSyncStaysPending(t *testing.T) {
+	tp := newTestProxier(t, ipv4)
+	tp.OnServicesSynced()
+	tp.OnEndpointSlicesSynced()
+	tp.OnNodeAdd(testNode("192.0.2.11"))
+	tp.run(t)
+	waitFor(t, "first sync", func() bool { return len(tp.dp[ipv4].all()) == 1 })
+
+	dp := tp.dp[ipv4]
+	dp.mu.Lock()
+	dp.during = func() {
+		tp.OnEndpointSliceAdd(webSlice)
+		dp.setFail(1000)
+	}
+	dp.mu.Unlock()
+	tp.OnServiceAdd(webSvc)
+	waitFor(t, "the sync with the racing slice, and a failed retry", func() bool {
+		tp.clock.Step(5 * time.Second)
+		return len(dp.all()) >= 3
+	})
+	snaps := dp.all()
+	if len(snaps[1].Endpoints[webHTTP]) != 0 {
+		t.Fatalf("the slice added during sync 1 is in its snapshot: the test raced nothing")
+	}
+	if !tp.health.pending(ipv4) {
+		t.Errorf("the slice added during a successful sync, and never synced since, is not pending for health")
 	}
 }
 

@@ -271,6 +271,14 @@ func (t *Tracker) Commit(snap *Snapshot) error {
 	return nil
 }
 
+// Pending reports whether family has changes that no committed snapshot holds.
+func (t *Tracker) Pending(family v1.IPFamily) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.state[family]
+	return st != nil && len(st.pending) > 0
+}
+
 // updatePendingMetrics reports the family with the most pending changes; the
 // metrics have no family label.
 func (t *Tracker) updatePendingMetrics() {
