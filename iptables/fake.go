@@ -22,12 +22,18 @@ type Fake struct {
 	state    *dump.Dump
 	restores [][]byte
 	failNext int
+	// failChecks fails the next ChainExists calls, as a held xtables lock does.
+	failChecks int
 }
 
 var _ Kernel = (*Fake)(nil)
 
 // ErrInjected is the error inside a *RestoreError from FailNextRestores.
 var ErrInjected = errors.New("injected restore failure")
+
+// ErrLockHeld is what FailNextChainChecks makes ChainExists return: the tools'
+// "Another app is currently holding the xtables lock" after their wait.
+var ErrLockHeld = errors.New("injected: another app is currently holding the xtables lock")
 
 // NewFake returns an empty fake kernel of one IP family: the filter, nat
 // and mangle tables with their built-in chains and ACCEPT policies.
@@ -162,6 +168,10 @@ func (f *Fake) DeleteRule(table Table, chain string, args ...string) error {
 func (f *Fake) ChainExists(table Table, chain string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failChecks > 0 {
+		f.failChecks--
+		return false, ErrLockHeld
+	}
 	_, err := f.chain(table, chain)
 	if errors.Is(err, dump.ErrNoChain) {
 		return false, nil
@@ -217,6 +227,13 @@ func (f *Fake) FailNextRestores(n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failNext = n
+}
+
+// FailNextChainChecks makes the next n calls of ChainExists fail with ErrLockHeld.
+func (f *Fake) FailNextChainChecks(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failChecks = n
 }
 
 // Restores returns a copy of every input Restore received, failed ones

@@ -306,8 +306,11 @@ func (p *Proxier) decideFull(snap *proxier.Snapshot, res *proxier.SyncResult) (b
 	missing, calls, err := p.checkCanaries()
 	res.KernelCalls += calls
 	if err != nil {
-		klog.ErrorS(err, "Failed to check canary chains; doing a full sync", "ipFamily", p.family)
-		return true, "canary check failed"
+		// Most often the xtables lock was held past the tools' wait (kubelet, a CNI
+		// plugin): that says nothing about the canaries, and a full sync costs tens of
+		// seconds at 10k Services. Check again at the next sync.
+		klog.InfoS("Could not check the canary chains; checking again at the next sync", "ipFamily", p.family, "err", err)
+		p.lastCanaryCheck = time.Time{}
 	}
 	if missing {
 		klog.InfoS("Canary chain missing, iptables was flushed; doing a full sync", "ipFamily", p.family)

@@ -96,6 +96,31 @@ func TestCanaryCheckPeriod(t *testing.T) {
 	}
 }
 
+// A canary check that fails (the xtables lock held past the tools' wait by kubelet or a
+// CNI plugin) says nothing about the canaries: it must not cost a full sync (tens of
+// seconds at 10k Services), and the next sync checks again rather than a period later.
+func TestCanaryCheckFailureIsNotAFlush(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	opts := testOptions()
+	opts.Clock, opts.CanaryCheckPeriod = clk, 30*time.Second
+	snap := testSnap(v1.IPv4Protocol, testSvc("ns/a", clusterIP("198.51.100.1")), testEP("203.0.113.70:80"))
+	f := NewFake(v1.IPv4Protocol)
+	p := NewProxier(f, opts)
+	mustSync(t, p, snap)
+	clk.Step(31 * time.Second)
+	f.FailNextChainChecks(1)
+	if res := mustSync(t, p, proxiertest.WithChanged(snap)); res.Full {
+		t.Errorf("a failed canary check made a full sync")
+	}
+	if err := f.DeleteChain(TableMangle, ChainCanary); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(time.Second)
+	if res := mustSync(t, p, proxiertest.WithChanged(snap)); !res.Full {
+		t.Errorf("the sync after a failed check did not check again (canary deleted, sync not full)")
+	}
+}
+
 func TestChangedMissingAServiceFallsBackToFullBuild(t *testing.T) {
 	a := testSvc("ns/a", clusterIP("198.51.100.1"))
 	snap := testSnap(v1.IPv4Protocol, a, testEP("203.0.113.70:80"))
