@@ -100,6 +100,7 @@ func (t *Tracker) UpdateService(old, cur *v1.Service) []v1.IPFamily {
 		} else {
 			st.services[nsn] = ports
 		}
+		st.useServicePorts(nsn)
 		t.gen++
 		st.touch(nsn, t.gen, true)
 		changed = append(changed, f)
@@ -163,7 +164,7 @@ func (t *Tracker) setSlice(slice, cur *discovery.EndpointSlice) []v1.IPFamily {
 		return nil
 	}
 	sliceKey := types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}
-	var parsed sliceEndpoints
+	var parsed *parsedSlice
 	var problems []fieldProblem
 	if cur != nil {
 		parsed, problems = parseEndpointSlice(cur, family, t.nodeName)
@@ -187,15 +188,8 @@ func (t *Tracker) setSlice(slice, cur *discovery.EndpointSlice) []v1.IPFamily {
 	if st == nil {
 		return nil
 	}
-	st.slices.set(svc, slice.Name, parsed)
-	eps := st.slices.merged(svc)
-	if endpointMapsEqual(st.endpoints[svc], eps) {
+	if !st.setSlice(svc, slice.Name, parsed) {
 		return nil
-	}
-	if len(eps) == 0 {
-		delete(st.endpoints, svc)
-	} else {
-		st.endpoints[svc] = eps
 	}
 	t.gen++
 	pc := st.touch(svc, t.gen, false)
@@ -289,17 +283,4 @@ func (t *Tracker) updatePendingMetrics() {
 	}
 	metrics.ServiceChangesPending.Set(float64(svcs))
 	metrics.EndpointChangesPending.Set(float64(eps))
-}
-
-func endpointMapsEqual(a, b map[ServicePortName][]*Endpoint) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for name, eps := range a {
-		other, ok := b[name]
-		if !ok || !endpointsEqual(eps, other) {
-			return false
-		}
-	}
-	return true
 }

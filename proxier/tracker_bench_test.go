@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"runtime"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -135,4 +136,63 @@ func BenchmarkTrackerCold(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// maximalSlice is the largest slice the apiserver accepts in ports, with
+// 50 endpoints, of which the Service "scale/big" uses the port "http" only
+// (e2e TestBadInput/MaximalSlices).
+func maximalSlice(firstIP string) (*v1.Service, *discovery.EndpointSlice) {
+	svc := makeService("scale/big", clusterIPs("198.18.0.1"), svcPort("http", tcp, 80, 0))
+	opts := []sliceOpt{slicePort("http", tcp, 1024)}
+	for i := 1; i < 20000; i++ {
+		opts = append(opts, slicePort(fmt.Sprintf("p%d", i), tcp, int32(1024+i)))
+	}
+	ip := netip.MustParseAddr(firstIP)
+	for range 50 {
+		opts = append(opts, sliceEndpoint(ip.String()))
+		ip = ip.Next()
+	}
+	return svc, makeSlice("scale/big-1", "big", discovery.AddressTypeIPv4, opts...)
+}
+
+// BenchmarkTrackerMaximalSlice measures a maximal slice into a fresh tracker
+// (retained-B/op: the heap the tracker keeps for it), and an update of it
+// that replaces one endpoint.
+func BenchmarkTrackerMaximalSlice(b *testing.B) {
+	svc, a := maximalSlice("198.19.0.1")
+	_, c := maximalSlice("198.19.0.2")
+	b.Run("add", func(b *testing.B) {
+		var retained uint64
+		for range b.N {
+			before := heapInUse()
+			tr := loadTracker([]*v1.Service{svc}, []*discovery.EndpointSlice{a})
+			if err := tr.Commit(tr.Snapshot(ipv4)); err != nil {
+				b.Fatal(err)
+			}
+			retained += heapInUse() - before
+			runtime.KeepAlive(tr)
+		}
+		b.ReportMetric(float64(retained)/float64(b.N), "retained-B/op")
+	})
+	b.Run("update", func(b *testing.B) {
+		tr := loadTracker([]*v1.Service{svc}, []*discovery.EndpointSlice{a})
+		b.ResetTimer()
+		for i := range b.N {
+			if i%2 == 0 {
+				tr.UpdateEndpointSlice(a, c)
+			} else {
+				tr.UpdateEndpointSlice(c, a)
+			}
+			if err := tr.Commit(tr.Snapshot(ipv4)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func heapInUse() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
